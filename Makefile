@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine (see README):
+#   make run    set everything up, then run the main job
+#   make test   set everything up, then run the test suite
+# On a machine whose pip should resolve torch itself: make test TORCH_PIN=
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= dev
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint bench clean
+
+setup: $(VENV)/.installed
+
+# The torch pair is installed first and named again with the project, so pip never swaps in another torch.
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(strip $(TORCH_PIN)),$(BIN)/python -m pip install --quiet $(TORCH_PIN))
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]' $(TORCH_PIN)
+	touch $@
+
+run: setup
+	$(BIN)/hybridpool-train
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python scripts/bench_pooling.py
+
+clean:
+	rm -rf $(VENV) outputs multirun wandb .pytest_cache

@@ -1,0 +1,187 @@
+"""HybridPool: several global poolings of the same feature map, mixed by learned weights.
+
+Mixing modes, for ``n`` branches whose descriptors ``D`` are ``(B, n, C)``:
+
+- ``"scalar"``: one softmax weight per branch, ``out = sum_i w_i D_i``;
+- ``"channel"``: per-channel softmax weights ``(n, C)``;
+- ``"gate"``: per-sample weights ``(B, n)`` from a small gating network on the branch descriptors;
+- ``"concat"``: concatenation ``(B, n * C)`` (``feat_mult() == n``), the fixed baseline.
+
+``init="gap"`` starts as exact global average pooling, so swapping the layer into a trained GAP model changes
+nothing at step 0: the output is ``(1 - blend) * GAP + blend * mix(D)`` with a learnable ``blend`` that starts at 0.
+The weights actually applied (``effective_weights``) account for the blend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ._base import PoolBase, check_channels
+from .registry import SINGLE_POOLS, canonical_name
+
+MIXING_MODES = ("scalar", "channel", "gate", "concat")
+INITS = ("uniform", "gap")
+
+
+def _branch_names(branches: Sequence[str]) -> dict[str, str]:
+    """Unique branch name -> canonical layer name; a repeated layer gets a suffix (``gem``, ``gem_1``)."""
+    names: dict[str, str] = {}
+    for spec in branches:
+        base = canonical_name(spec)
+        name, i = base, 1
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names[name] = base
+    return names
+
+
+class HybridPool(PoolBase):
+    """A learned mixture of global poolings (any subset of avg, max, gem, lse, kmax, attn, qattn).
+
+    Args:
+        channels: input channels ``C`` (required).
+        branches: branch layer names, e.g. ``("avg", "max", "gem", "attn")``; a repeated name gets a suffix.
+        mixing: ``"scalar"``, ``"channel"``, ``"gate"`` or ``"concat"`` (see the module docstring).
+        init: ``"uniform"`` (equal weights) or ``"gap"`` (exact GAP at step 0; needs an ``"avg"`` branch and a
+            weighted mixing mode).
+        gate_hidden: hidden width of the gating network (``mixing="gate"``).
+        branch_kwargs: constructor arguments per branch name, e.g. ``{"gem": {"p": 2.0}, "attn": {"heads": 4}}``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        branches: Sequence[str] = ("avg", "max", "gem", "attn"),
+        mixing: str = "scalar",
+        init: str = "uniform",
+        gate_hidden: int = 64,
+        branch_kwargs: Mapping[str, Mapping] | None = None,
+        flatten: bool = True,
+        input_fmt: str = "NCHW",
+    ) -> None:
+        check_channels(channels, "HybridPool", required=True)
+        super().__init__(channels, flatten, input_fmt)
+        if isinstance(branches, str):
+            raise TypeError(f"branches must be a sequence of names such as ('avg', 'gem'), got the string {branches!r}")
+        if len(branches) < 1:
+            raise ValueError("HybridPool needs at least one branch")
+        if mixing not in MIXING_MODES:
+            raise ValueError(f"unknown mixing {mixing!r}; accepted: {', '.join(MIXING_MODES)}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; accepted: {', '.join(INITS)}")
+        layer_of = _branch_names(list(branches))
+        names = list(layer_of)
+        branch_kwargs = dict(branch_kwargs or {})
+        unknown = set(branch_kwargs) - set(names)
+        if unknown:
+            raise ValueError(f"branch_kwargs for {sorted(unknown)}, which are not branches; branches: {names}")
+        self.branches = nn.ModuleDict(
+            {name: SINGLE_POOLS[layer](channels, **branch_kwargs.get(name, {})) for name, layer in layer_of.items()}
+        )
+        self.mixing = mixing
+        self.init = init
+        n = len(names)
+        if init == "gap":
+            if "avg" not in names:
+                raise ValueError(f"init='gap' needs an 'avg' branch; branches: {names}")
+            if mixing == "concat":
+                raise ValueError("init='gap' is not available with mixing='concat' (its output is wider than GAP's)")
+            self.blend = nn.Parameter(torch.zeros(()))
+        if mixing == "scalar":
+            self.mix_logits = nn.Parameter(torch.zeros(n))
+        elif mixing == "channel":
+            self.mix_logits = nn.Parameter(torch.zeros(n, channels))
+        elif mixing == "gate":
+            self.mix_logits = nn.Parameter(torch.zeros(n))  # the input-independent part of the gate
+            self.gate = nn.Sequential(
+                nn.LayerNorm(n * channels, elementwise_affine=False),
+                nn.Linear(n * channels, gate_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(gate_hidden, n),
+            )
+            nn.init.zeros_(self.gate[-1].weight)  # starts at the static weights, then learns to condition
+            nn.init.zeros_(self.gate[-1].bias)
+
+    @property
+    def branch_names(self) -> list[str]:
+        return list(self.branches.keys())
+
+    def feat_mult(self) -> int:
+        return len(self.branches) if self.mixing == "concat" else 1
+
+    def _descriptors(self, x: torch.Tensor, need_extras: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``x`` ``(B, C, H, W)`` -> branch descriptors ``(B, n, C)`` and the branches' extras, keyed by branch."""
+        outs, extras = [], {}
+        for name, branch in self.branches.items():
+            out, branch_extras = branch.pool(x, need_extras)
+            outs.append(out)
+            extras.update({f"{name}.{k}": v for k, v in branch_extras.items()})
+        return torch.stack(outs, dim=1), extras
+
+    def _weights(self, descriptors: torch.Tensor) -> torch.Tensor:
+        """Effective mixing weights: ``(n,)`` scalar, ``(n, C)`` channel or ``(B, n)`` gate; they sum to 1 over n."""
+        logits = self.mix_logits
+        if self.mixing == "gate":
+            logits = logits + self.gate(descriptors.flatten(1).to(logits.dtype))  # (B, n)
+        weights = torch.softmax(logits, dim=-2 if self.mixing == "channel" else -1)
+        if hasattr(self, "blend"):
+            onehot = torch.zeros_like(weights)
+            onehot.select(-2 if self.mixing == "channel" else -1, self.branch_names.index("avg")).fill_(1.0)
+            weights = torch.lerp(onehot, weights, self.blend)
+        return weights
+
+    def pool(self, x: torch.Tensor, need_extras: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        descriptors, extras = self._descriptors(x, need_extras)  # (B, n, C)
+        if self.mixing == "concat":
+            out = descriptors.flatten(1)
+            weights = None
+        else:
+            weights = self._weights(descriptors).to(descriptors.dtype)
+            if self.mixing == "gate":
+                out = torch.einsum("bn,bnc->bc", weights, descriptors)
+            elif self.mixing == "channel":
+                out = (descriptors * weights).sum(1)
+            else:
+                out = torch.einsum("n,bnc->bc", weights, descriptors)
+        if need_extras:
+            extras["descriptors"] = descriptors
+            attn_keys = [k for k in extras if k.endswith(".attn")]
+            if attn_keys:
+                extras["attn"] = extras[attn_keys[0]]
+            if weights is not None:
+                b, n = descriptors.shape[:2]
+                extras["mix"] = weights.expand(b, *weights.shape[-2:]) if self.mixing == "channel" else (
+                    weights.expand(b, n))
+        return out, extras
+
+    @torch.no_grad()
+    def effective_weights(self) -> dict[str, torch.Tensor]:
+        """Current input-independent mixing weights per branch: ``()`` (scalar, gate bias) or ``(C,)`` (channel)."""
+        if self.mixing == "concat":
+            return {}
+        logits = self.mix_logits
+        weights = torch.softmax(logits, dim=0)
+        if hasattr(self, "blend"):
+            onehot = torch.zeros_like(weights)
+            onehot[self.branch_names.index("avg")] = 1.0
+            weights = torch.lerp(onehot, weights, self.blend)
+        return {name: weights[i] for i, name in enumerate(self.branch_names)}
+
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, w in self.effective_weights().items():
+            out[f"mix/{name}"] = float(w.float().mean())
+            if w.dim():
+                out[f"mix/{name}_std"] = float(w.float().std(unbiased=False))
+        if hasattr(self, "blend"):
+            out["mix/blend"] = float(self.blend)
+        for name, branch in self.branches.items():
+            out.update({f"{name}/{k}": v for k, v in branch.stats().items()})
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mixing={self.mixing!r}, init={self.init!r}"
