@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from ._fused import pool_branches
+
 __all__ = [
     "attention_entropy",
     "attention_pool",
@@ -47,78 +49,19 @@ def _channel_view(value: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"expected a scalar or a per-channel ({x.shape[1]},) parameter, got shape {tuple(value.shape)}")
 
 
-def _spatial_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sum_{h,w} a * b`` for two ``(B, C, H, W)`` tensors of the same layout -> ``(B, C)``, without a temporary."""
-    if a.is_contiguous() and b.is_contiguous():
-        return torch.linalg.vecdot(a.flatten(2), b.flatten(2))
-    if a.is_contiguous(memory_format=torch.channels_last) and b.is_contiguous(memory_format=torch.channels_last):
-        return torch.linalg.vecdot(a.permute(0, 2, 3, 1).flatten(1, 2), b.permute(0, 2, 3, 1).flatten(1, 2), dim=1)
-    return (a * b).sum((2, 3))
-
-
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-class _GeMFunction(torch.autograd.Function):
-    """Generalized mean with a hand-written backward.
-
-    Forward computes, per ``(b, c)`` and with ``m = max_hw clamp(x, eps)`` and ``u = clamp(x, eps) / m`` in ``(0, 1]``:
-    ``S = mean(u^p)`` and ``y = m * S^(1/p)``, which equals ``(mean clamp(x, eps)^p)^(1/p)`` but never overflows
-    (``u^p <= 1``), also in float16/bfloat16 (computed in float32). It keeps only ``u^(p-1)`` (zero where the
-    clamp is active) for backward, so backward is one multiply, not another ``log``/``exp`` per element.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: torch.Tensor, eps: float) -> torch.Tensor:
-        work = x.to(_compute_dtype(x.dtype))
-        p_b = _channel_view(p.to(work.dtype), work)
-        n = work.shape[2] * work.shape[3]
-        clamped = work.clamp_min(eps)  # (B, C, H, W), a new tensor that we may overwrite
-        peak = clamped.amax((2, 3), keepdim=True)  # (B, C, 1, 1), >= eps > 0
-        u = clamped.div_(peak)  # x / m in (0, 1], in place
-        log_u = u.log()
-        u_pow_p = torch.mul(log_u, p_b).exp_()  # u^p in (0, 1]
-        s = u_pow_p.sum((2, 3)) / n  # (B, C), in [1/n, 1]
-        p_flat = p_b.flatten() if p_b.dim() else p_b
-        y = peak.flatten(2).squeeze(2) * s.pow(1.0 / p_flat)
-        need_p_grad = ctx.needs_input_grad[1]
-        t = _spatial_dot(u_pow_p, log_u) / n if need_p_grad else None  # mean(u^p log u), (B, C)
-        if ctx.needs_input_grad[0]:
-            # u^(p-1) = u^p / u, zero where clamp(x, eps) cut x off.
-            u_pow_pm1 = u_pow_p.div_(u)
-            u_pow_pm1.masked_fill_(work < eps, 0.0)
-        else:
-            u_pow_pm1 = None
-        ctx.save_for_backward(u_pow_pm1, s, y, p, t)
-        ctx.n = n
-        ctx.input_dtype = x.dtype
-        return y.to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):
-        u_pow_pm1, s, y, p, t = ctx.saved_tensors
-        grad_y = grad_y.to(s.dtype)
-        p_flat = p.to(s.dtype)
-        grad_x = grad_p = None
-        if ctx.needs_input_grad[0]:
-            # dy/dx = S^(1/p - 1) u^(p-1) / n
-            coef = grad_y * s.pow(1.0 / p_flat - 1.0) / ctx.n
-            grad_x = (u_pow_pm1 * coef[:, :, None, None]).to(ctx.input_dtype)
-        if ctx.needs_input_grad[1]:
-            # dy/dp = y * (-log S / p^2 + mean(u^p log u) / (p S))
-            dy_dp = y * (-torch.log(s) / p_flat**2 + t / (p_flat * s))
-            per_sample = grad_y * dy_dp
-            grad_p = per_sample.sum() if p.dim() == 0 else per_sample.sum(0)
-            grad_p = grad_p.to(p.dtype)
-        return grad_x, grad_p, None
 
 
 def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> torch.Tensor:
     """Generalized-mean (GeM) pooling ``(mean_{h,w} clamp(x, eps)^p)^(1/p)``.
 
+    Computed as ``m * (mean (x / m)^p)^(1/p)`` with ``m`` the per-channel max, so ``x^p`` never overflows (also in
+    float16/bfloat16, which are computed in float32); backward keeps only ``(x / m)^(p-1)`` and needs no further
+    ``log``/``exp`` (see :mod:`hybridpool.pooling._fused`).
+
     Args:
-        x: ``(B, C, H, W)`` floating feature map; float16/bfloat16 are computed in float32.
+        x: ``(B, C, H, W)`` floating feature map.
         p: exponent ``>= 1``, a float, a scalar tensor ``()`` or a per-channel tensor ``(C,)``; differentiable.
         eps: lower clamp that keeps the power defined for non-positive inputs.
 
@@ -126,9 +69,11 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> to
         ``(B, C)`` in ``x.dtype``. ``p = 1`` is average pooling of ``clamp(x, eps)``; ``p -> inf`` tends to max.
     """
     p_tensor = torch.as_tensor(p, dtype=_compute_dtype(x.dtype), device=x.device)
-    if not torch.is_grad_enabled() and bool((p_tensor < 1).any()):
+    if p_tensor.dim() > 1 or (p_tensor.dim() == 1 and p_tensor.shape[0] != x.shape[1]):
+        raise ValueError(f"GeM p must be a scalar or per-channel ({x.shape[1]},), got shape {tuple(p_tensor.shape)}")
+    if isinstance(p, (int, float)) and p < 1:  # tensors are checked where they are made (GeM keeps p >= 1)
         raise ValueError(f"GeM needs p >= 1, got {p}")
-    return _GeMFunction.apply(x, p_tensor, float(eps))
+    return pool_branches(x, (False, False, True, False), p=p_tensor, eps=eps)[0][:, 0]
 
 
 def lse_pool(x: torch.Tensor, r: torch.Tensor | float = 1.0) -> torch.Tensor:

@@ -20,10 +20,12 @@ import torch
 from torch import nn
 
 from ._base import PoolBase, check_channels
+from ._fused import pool_branches
 from .registry import SINGLE_POOLS, canonical_name
 
 MIXING_MODES = ("scalar", "channel", "gate", "concat")
 INITS = ("uniform", "gap")
+_FUSABLE = ("avg", "max", "gem", "attn")
 
 
 def _branch_names(branches: Sequence[str]) -> dict[str, str]:
@@ -49,6 +51,8 @@ class HybridPool(PoolBase):
             weighted mixing mode).
         gate_hidden: hidden width of the gating network (``mixing="gate"``).
         branch_kwargs: constructor arguments per branch name, e.g. ``{"gem": {"p": 2.0}, "attn": {"heads": 4}}``.
+        fused: compute the avg, max, gem and attn branches together in one pass with a shared backward
+            (:mod:`hybridpool.pooling._fused`); ``False`` runs every branch on its own (same values).
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class HybridPool(PoolBase):
         init: str = "uniform",
         gate_hidden: int = 64,
         branch_kwargs: Mapping[str, Mapping] | None = None,
+        fused: bool = True,
         flatten: bool = True,
         input_fmt: str = "NCHW",
     ) -> None:
@@ -83,6 +88,9 @@ class HybridPool(PoolBase):
         )
         self.mixing = mixing
         self.init = init
+        self.fused = fused
+        # The first avg / max / gem / attn branch of each kind can share one pass (see _fused.py).
+        self._fusable = {layer: name for name, layer in reversed(layer_of.items()) if layer in _FUSABLE}
         n = len(names)
         if init == "gap":
             if "avg" not in names:
@@ -112,14 +120,33 @@ class HybridPool(PoolBase):
     def feat_mult(self) -> int:
         return len(self.branches) if self.mixing == "concat" else 1
 
+    def _fused_descriptors(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The fusable branches in one pass: ``x`` ``(B, C, H, W)`` -> ({branch: (B, C)}, {branch.attn: map})."""
+        gem = self.branches[self._fusable["gem"]] if "gem" in self._fusable else None
+        attn = self.branches[self._fusable["attn"]] if "attn" in self._fusable else None
+        descriptors, attn_map = pool_branches(
+            x,
+            tuple(layer in self._fusable for layer in _FUSABLE),
+            p=gem.p if gem is not None else None,
+            weight=attn.proj.weight if attn is not None else None,
+            bias=attn.proj.bias if attn is not None else None,
+            log_temperature=attn.log_temperature if attn is not None else None,
+            eps=gem.eps if gem is not None else 0.0,
+        )
+        names = [self._fusable[layer] for layer in _FUSABLE if layer in self._fusable]
+        extras = {} if attn_map is None else {f"{self._fusable['attn']}.attn": attn_map}
+        return dict(zip(names, descriptors.unbind(1))), extras
+
     def _descriptors(self, x: torch.Tensor, need_extras: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``x`` ``(B, C, H, W)`` -> branch descriptors ``(B, n, C)`` and the branches' extras, keyed by branch."""
-        outs, extras = [], {}
+        outs, extras = {}, {}
+        if self.fused and len(self._fusable) > 1:
+            outs, extras = self._fused_descriptors(x)
         for name, branch in self.branches.items():
-            out, branch_extras = branch.pool(x, need_extras)
-            outs.append(out)
-            extras.update({f"{name}.{k}": v for k, v in branch_extras.items()})
-        return torch.stack(outs, dim=1), extras
+            if name not in outs:
+                outs[name], branch_extras = branch.pool(x, need_extras)
+                extras.update({f"{name}.{k}": v for k, v in branch_extras.items()})
+        return torch.stack([outs[name] for name in self.branches], dim=1), extras
 
     def _weights(self, descriptors: torch.Tensor) -> torch.Tensor:
         """Effective mixing weights: ``(n,)`` scalar, ``(n, C)`` channel or ``(B, n)`` gate; they sum to 1 over n."""
