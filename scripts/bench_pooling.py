@@ -112,7 +112,10 @@ def peak_memory_ratio(run: Callable[[], None], x: torch.Tensor) -> float:
         return (torch.cuda.max_memory_allocated() - before) / nbytes
     from torch.profiler import ProfilerActivity, profile
 
-    with contextlib.redirect_stdout(io.StringIO()), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         run()
     records = sorted(
         (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
@@ -127,7 +130,10 @@ def peak_memory_ratio(run: Callable[[], None], x: torch.Tensor) -> float:
 def bench_shape(shape, args, device, dtype) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
     x = torch.randn(shape, device=device, dtype=dtype).relu_()  # post-ReLU features
-    pools = {k: (v.to(device) if isinstance(v, nn.Module) else v) for k, v in candidates(shape[1], args.compile).items()}
+    pools = {
+        k: (v.to(device) if isinstance(v, nn.Module) else v)
+        for k, v in candidates(shape[1], args.compile).items()
+    }
     runs = {}
     for name, pool in pools.items():
         runs[(name, "fwd")] = forward_only(pool, x)
@@ -192,19 +198,25 @@ def check_targets(results) -> list[tuple[str, float, float, bool]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--quick", action="store_true", help="small shape, 5 rounds")
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
+    parser.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows"
+    )
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shapes = [(8, 256, 7, 7)] if args.quick else SHAPES
     if args.quick:
         args.rounds = 5
-    print(f"bench_pooling: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {device}, {args.dtype}, {args.rounds} rounds")
+    print(
+        f"bench_pooling: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, device {device}, {args.dtype}, {args.rounds} rounds"
+    )
     print(f"command: python {' '.join(sys.argv)}")
     all_results = {}
     for shape in shapes:

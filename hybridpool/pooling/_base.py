@@ -25,7 +25,9 @@ def check_feature_map(x: torch.Tensor, channels: int | None = None, input_fmt: s
         layout = "(B, C, H, W)" if input_fmt == "NCHW" else "(B, H, W, C)"
         raise ValueError(f"expected a 4-D feature map {layout}, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise TypeError(f"expected a floating-point feature map (float16/bfloat16/float32/float64), got {x.dtype}")
+        raise TypeError(
+            f"expected a floating-point feature map (float16/bfloat16/float32/float64), got {x.dtype}"
+        )
     if input_fmt == "NHWC":
         x = x.permute(0, 3, 1, 2)
     elif input_fmt != "NCHW":
@@ -33,7 +35,9 @@ def check_feature_map(x: torch.Tensor, channels: int | None = None, input_fmt: s
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"spatial size must be at least 1x1, got H={x.shape[2]}, W={x.shape[3]}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"this pooling layer was built for {channels} channels, got a feature map with {x.shape[1]}")
+        raise ValueError(
+            f"this pooling layer was built for {channels} channels, got a feature map with {x.shape[1]}"
+        )
     return x
 
 

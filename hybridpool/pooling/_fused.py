@@ -19,10 +19,23 @@ import torch
 # log2(1 + t) for t in [sqrt(1/2) - 1, sqrt(2) - 1], and 2**f for f in [-1/2, 1/2]: least-squares fits in float64
 # (max error 4.89e-08 absolute and 7.68e-08 relative), highest power first; from scripts/fit_fast_math.py.
 _LOG2_COEFFS = (
-    -0.14199514638797223, 0.23610973850515374, -0.25111422682990275, 0.28684820701818575, -0.3599831202887297, 0.48093263122767665, -0.7213611580243143, 1.4426948348143545, 4.1276956616890064e-08,
+    -0.14199514638797223,
+    0.23610973850515374,
+    -0.25111422682990275,
+    0.28684820701818575,
+    -0.3599831202887297,
+    0.48093263122767665,
+    -0.7213611580243143,
+    1.4426948348143545,
+    4.1276956616890064e-08,
 )
 _EXP2_COEFFS = (
-    0.001326697038799394, 0.009675459745510423, 0.0555074261599759, 0.2402212175356194, 0.6931469491610677, 1.0000000710297,
+    0.001326697038799394,
+    0.009675459745510423,
+    0.0555074261599759,
+    0.2402212175356194,
+    0.6931469491610677,
+    1.0000000710297,
 )
 _LN2 = 0.6931471805599453
 
@@ -76,7 +89,9 @@ class FusedBranches(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, p, weight, bias, log_temperature, eps: float, branches: tuple[bool, bool, bool, bool]):
+    def forward(
+        ctx, x, p, weight, bias, log_temperature, eps: float, branches: tuple[bool, bool, bool, bool]
+    ):
         use_avg, use_max, use_gem, use_attn = branches
         b, c, n = x.shape
         log_into, exp_into = _log_exp(x)
@@ -121,13 +136,15 @@ class FusedBranches(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_attn):
         x, p, weight, log_temperature, *rest = ctx.saved_tensors
-        saved = dict(zip(ctx.keys, rest))
+        saved = dict(zip(ctx.keys, rest, strict=True))
         use_avg, use_max, use_gem, use_attn = ctx.branches
         b, c, n = x.shape
         grads = iter(grad_out.unbind(1))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (next(grads) / n).unsqueeze(2).expand(b, c, n).clone() if use_avg else torch.zeros_like(x)
+            grad_x = (
+                (next(grads) / n).unsqueeze(2).expand(b, c, n).clone() if use_avg else torch.zeros_like(x)
+            )
         elif use_avg:
             next(grads)
         grad_p = grad_w = grad_b = grad_log_t = None
@@ -140,7 +157,9 @@ class FusedBranches(torch.autograd.Function):
                     grad_x = torch.where(ties, grad_x + share, grad_x)
                 else:  # touches only the about B*C maxima: no full-size temporary
                     bi, ci, ni = ties.nonzero(as_tuple=True)
-                    counts = torch.zeros_like(g).index_put_((bi, ci), torch.ones_like(bi, dtype=g.dtype), True)
+                    counts = torch.zeros_like(g).index_put_(
+                        (bi, ci), torch.ones_like(bi, dtype=g.dtype), True
+                    )
                     grad_x.index_put_((bi, ci, ni), (g / counts)[bi, ci], accumulate=True)
         if use_gem:
             g = next(grads)

@@ -32,7 +32,9 @@ class _TemperatureMixin(PoolBase):
 
     def _check_heads(self, channels: int, heads: int) -> None:
         if heads < 1 or channels % heads:
-            raise ValueError(f"{type(self).__name__}: heads must divide channels ({channels}), got heads={heads}")
+            raise ValueError(
+                f"{type(self).__name__}: heads must divide channels ({channels}), got heads={heads}"
+            )
 
 
 class AttentionPool(_TemperatureMixin):
@@ -115,7 +117,9 @@ class QueryAttentionPool(_TemperatureMixin):
         super().__init__(channels, flatten, input_fmt)
         self._check_heads(channels, heads)
         if query not in self.QUERIES:
-            raise ValueError(f"QueryAttentionPool: unknown query {query!r}; accepted: {', '.join(self.QUERIES)}")
+            raise ValueError(
+                f"QueryAttentionPool: unknown query {query!r}; accepted: {', '.join(self.QUERIES)}"
+            )
         self.heads = heads
         self.query_mode = query
         self.key = nn.Parameter(torch.empty(channels, channels))

@@ -70,7 +70,9 @@ class HybridPool(PoolBase):
         check_channels(channels, "HybridPool", required=True)
         super().__init__(channels, flatten, input_fmt)
         if isinstance(branches, str):
-            raise TypeError(f"branches must be a sequence of names such as ('avg', 'gem'), got the string {branches!r}")
+            raise TypeError(
+                f"branches must be a sequence of names such as ('avg', 'gem'), got the string {branches!r}"
+            )
         if len(branches) < 1:
             raise ValueError("HybridPool needs at least one branch")
         if mixing not in MIXING_MODES:
@@ -82,9 +84,14 @@ class HybridPool(PoolBase):
         branch_kwargs = dict(branch_kwargs or {})
         unknown = set(branch_kwargs) - set(names)
         if unknown:
-            raise ValueError(f"branch_kwargs for {sorted(unknown)}, which are not branches; branches: {names}")
+            raise ValueError(
+                f"branch_kwargs for {sorted(unknown)}, which are not branches; branches: {names}"
+            )
         self.branches = nn.ModuleDict(
-            {name: SINGLE_POOLS[layer](channels, **branch_kwargs.get(name, {})) for name, layer in layer_of.items()}
+            {
+                name: SINGLE_POOLS[layer](channels, **branch_kwargs.get(name, {}))
+                for name, layer in layer_of.items()
+            }
         )
         self.mixing = mixing
         self.init = init
@@ -96,7 +103,9 @@ class HybridPool(PoolBase):
             if "avg" not in names:
                 raise ValueError(f"init='gap' needs an 'avg' branch; branches: {names}")
             if mixing == "concat":
-                raise ValueError("init='gap' is not available with mixing='concat' (its output is wider than GAP's)")
+                raise ValueError(
+                    "init='gap' is not available with mixing='concat' (its output is wider than GAP's)"
+                )
             self.blend = nn.Parameter(torch.zeros(()))
         if mixing == "scalar":
             self.mix_logits = nn.Parameter(torch.zeros(n))
@@ -135,9 +144,11 @@ class HybridPool(PoolBase):
         )
         names = [self._fusable[layer] for layer in _FUSABLE if layer in self._fusable]
         extras = {} if attn_map is None else {f"{self._fusable['attn']}.attn": attn_map}
-        return dict(zip(names, descriptors.unbind(1))), extras
+        return dict(zip(names, descriptors.unbind(1), strict=True)), extras
 
-    def _descriptors(self, x: torch.Tensor, need_extras: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _descriptors(
+        self, x: torch.Tensor, need_extras: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``x`` ``(B, C, H, W)`` -> branch descriptors ``(B, n, C)`` and the branches' extras, keyed by branch."""
         outs, extras = {}, {}
         if self.fused and len(self._fusable) > 1:
@@ -180,8 +191,11 @@ class HybridPool(PoolBase):
                 extras["attn"] = extras[attn_keys[0]]
             if weights is not None:
                 b, n = descriptors.shape[:2]
-                extras["mix"] = weights.expand(b, *weights.shape[-2:]) if self.mixing == "channel" else (
-                    weights.expand(b, n))
+                extras["mix"] = (
+                    weights.expand(b, *weights.shape[-2:])
+                    if self.mixing == "channel"
+                    else (weights.expand(b, n))
+                )
         return out, extras
 
     @torch.no_grad()

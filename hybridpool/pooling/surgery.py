@@ -89,7 +89,9 @@ def swap_global_pool(model: nn.Module, pool: PoolBase) -> nn.Module:
         if pool.feat_mult() != 1:
             _replace_linear(model, "fc", pool)
         return model
-    if hasattr(model, "avgpool") and hasattr(model, "classifier") and hasattr(model, "features"):  # V3, EfficientNet
+    if (
+        hasattr(model, "avgpool") and hasattr(model, "classifier") and hasattr(model, "features")
+    ):  # V3, EfficientNet
         _check_width(pool, _first_in_features(model.classifier), model)
         model.avgpool = pool
         if pool.feat_mult() != 1:
@@ -102,7 +104,9 @@ def swap_global_pool(model: nn.Module, pool: PoolBase) -> nn.Module:
         if pool.feat_mult() != 1:
             _replace_linear(model, "classifier", pool)
         return model
-    raise TypeError(f"swap_global_pool does not know where {cls} ({module_path}) pools; supported: {SUPPORTED}")
+    raise TypeError(
+        f"swap_global_pool does not know where {cls} ({module_path}) pools; supported: {SUPPORTED}"
+    )
 
 
 def _first_in_features(head: nn.Module) -> int:
@@ -115,16 +119,22 @@ def _swap_timm(model: nn.Module, pool: PoolBase) -> nn.Module:
     owner = model if hasattr(model, "global_pool") else getattr(model, "head", None)
     old = getattr(owner, "global_pool", None) if owner is not None else None
     if not isinstance(old, nn.Module):
-        raise TypeError(f"timm model {type(model).__name__} has no global_pool module to replace; supported: {SUPPORTED}")
+        raise TypeError(
+            f"timm model {type(model).__name__} has no global_pool module to replace; supported: {SUPPORTED}"
+        )
     _check_width(pool, model.num_features, model)
-    pool.input_fmt = getattr(old, "input_fmt", "NCHW") if isinstance(getattr(old, "input_fmt", None), str) else "NCHW"
+    pool.input_fmt = (
+        getattr(old, "input_fmt", "NCHW") if isinstance(getattr(old, "input_fmt", None), str) else "NCHW"
+    )
     owner.global_pool = pool
     if hasattr(owner, "flatten") and isinstance(owner.flatten, nn.Module):
         owner.flatten = nn.Identity()  # the pool already returns (B, C * feat_mult())
     if pool.feat_mult() != 1:
         classifier = model.get_classifier()
         if not isinstance(classifier, nn.Linear):
-            raise TypeError(f"cannot widen the classifier {type(classifier).__name__} of {type(model).__name__}")
+            raise TypeError(
+                f"cannot widen the classifier {type(classifier).__name__} of {type(model).__name__}"
+            )
         for parent in model.modules():
             for name, child in parent.named_children():
                 if child is classifier:
