@@ -79,7 +79,7 @@ class FusedBranches(torch.autograd.Function):
     Forward inputs:
         x: ``(B, C, N)`` features, ``N = H * W``, float32/float64 (callers upcast half precision).
         p: GeM exponent ``()`` or ``(C,)`` (ignored without gem).
-        weight, bias: attention projection ``(heads, C)`` and ``(heads,)`` (ignored without attn).
+        weight: attention projection ``(heads, C)`` (ignored without attn; a bias would cancel in the softmax).
         log_temperature: ``()`` softmax temperature as its log (ignored without attn).
         eps: GeM clamp.
         branches: tuple of flags ``(avg, max, gem, attn)``.
@@ -90,7 +90,7 @@ class FusedBranches(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x, p, weight, bias, log_temperature, eps: float, branches: tuple[bool, bool, bool, bool]
+        ctx, x, p, weight, log_temperature, eps: float, branches: tuple[bool, bool, bool, bool]
     ):
         use_avg, use_max, use_gem, use_attn = branches
         b, c, n = x.shape
@@ -123,7 +123,7 @@ class FusedBranches(torch.autograd.Function):
         if use_attn:
             heads = weight.shape[0]
             projected = torch.bmm(weight.expand(b, -1, -1), x)  # (B, heads, N); matmul would copy x
-            logits = (projected + bias[:, None]) * torch.exp(-log_temperature)
+            logits = projected * torch.exp(-log_temperature)
             attn = torch.softmax(logits, dim=2)
             grouped = x.view(b, heads, c // heads, n)
             outs.append(torch.matmul(grouped, attn.unsqueeze(3)).view(b, c))
@@ -147,7 +147,7 @@ class FusedBranches(torch.autograd.Function):
             )
         elif use_avg:
             next(grads)
-        grad_p = grad_w = grad_b = grad_log_t = None
+        grad_p = grad_w = grad_log_t = None
         if use_max:
             g = next(grads)
             if grad_x is not None:
@@ -186,10 +186,8 @@ class FusedBranches(torch.autograd.Function):
             if ctx.needs_input_grad[2]:
                 grad_w = torch.bmm(x, d_logits.transpose(1, 2)).sum(0).t() * inv_t  # (heads, C), x not copied
             if ctx.needs_input_grad[3]:
-                grad_b = d_logits.sum((0, 2)) * inv_t
-            if ctx.needs_input_grad[4]:
                 grad_log_t = -(d_logits * logits).sum()
-        return grad_x, grad_p, grad_w, grad_b, grad_log_t, None, None
+        return grad_x, grad_p, grad_w, grad_log_t, None, None
 
 
 def pool_branches(
@@ -197,7 +195,6 @@ def pool_branches(
     branches: tuple[bool, bool, bool, bool],
     p: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
     log_temperature: torch.Tensor | None = None,
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -216,6 +213,6 @@ def pool_branches(
 
     weight = weight.flatten(1) if weight is not None else None  # (heads, C, 1, 1) conv weights -> (heads, C)
     descriptors, attn = FusedBranches.apply(
-        flat, cast(p), cast(weight), cast(bias), cast(log_temperature), float(eps), branches
+        flat, cast(p), cast(weight), cast(log_temperature), float(eps), branches
     )
     return descriptors.to(x.dtype), (attn.view(b, -1, h, w).to(x.dtype) if branches[3] else None)

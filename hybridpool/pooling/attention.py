@@ -64,13 +64,12 @@ class AttentionPool(_TemperatureMixin):
         super().__init__(channels, flatten, input_fmt)
         self._check_heads(channels, heads)
         self.heads = heads
-        self.proj = nn.Conv2d(channels, heads, kernel_size=1)
+        self.proj = nn.Conv2d(channels, heads, kernel_size=1, bias=False)  # a bias cancels in the softmax
         nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
         self._init_temperature(temperature, learn_temperature)
 
     def pool(self, x: torch.Tensor, need_extras: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = nn.functional.conv2d(x, self.proj.weight.to(x.dtype), self.proj.bias.to(x.dtype))
+        logits = nn.functional.conv2d(x, self.proj.weight.to(x.dtype))
         pooled, attn = F.attention_pool(x, logits, self.temperature)
         return pooled, ({"attn": attn} if need_extras else {})
 

@@ -138,7 +138,6 @@ class HybridPool(PoolBase):
             tuple(layer in self._fusable for layer in _FUSABLE),
             p=gem.p if gem is not None else None,
             weight=attn.proj.weight if attn is not None else None,
-            bias=attn.proj.bias if attn is not None else None,
             log_temperature=attn.log_temperature if attn is not None else None,
             eps=gem.eps if gem is not None else 0.0,
         )
