@@ -15,6 +15,11 @@ from . import functional as F
 from ._base import PoolBase, check_channels
 
 
+def _logit_input(x: torch.Tensor) -> torch.Tensor:
+    """Features for the attention logits: float16/bfloat16 are upcast so large activations cannot overflow."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class _TemperatureMixin(PoolBase):
     def _init_temperature(self, temperature: float, learn_temperature: bool) -> None:
         if temperature <= 0:
@@ -69,7 +74,8 @@ class AttentionPool(_TemperatureMixin):
         self._init_temperature(temperature, learn_temperature)
 
     def pool(self, x: torch.Tensor, need_extras: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = nn.functional.conv2d(x, self.proj.weight.to(x.dtype))
+        work = _logit_input(x)
+        logits = nn.functional.conv2d(work, self.proj.weight.to(work.dtype))
         pooled, attn = F.attention_pool(x, logits, self.temperature)
         return pooled, ({"attn": attn} if need_extras else {})
 
@@ -84,10 +90,10 @@ class AttentionPool(_TemperatureMixin):
 class QueryAttentionPool(_TemperatureMixin):
     """One query attending over the ``H*W`` positions (the SimPool / CLIP attention-pool family).
 
-    The query is learned (``query="learned"``) or derived from the sample's own GAP vector (``query="gap"``,
-    as in SimPool); keys are a linear projection of the features, values the features themselves, split into
-    ``heads`` channel groups with scaled dot-product logits. Only per-sample statistics are used (no batch-wide
-    normalisation), and ``B = 1`` is never squeezed away.
+    The query is learned (``query="learned"``) or derived from the sample's own layer-normalised GAP vector
+    (``query="gap"``, as in SimPool); keys are a linear projection of the features, values the features
+    themselves, split into ``heads`` channel groups with scaled dot-product logits. Only per-sample statistics
+    are used (no batch-wide normalisation), and ``B = 1`` is never squeezed away.
 
     The key projection is applied to the query instead of to every position (``q . (W_k x) = (W_k^T q) . x``), so
     the cost is ``O(C^2 + C H W)`` per sample rather than ``O(C^2 H W)``.
@@ -95,7 +101,7 @@ class QueryAttentionPool(_TemperatureMixin):
     Args:
         channels: input channels ``C`` (required).
         heads: heads; must divide ``C``.
-        query: ``"gap"`` (``q = W_q GAP(x) + b_q``) or ``"learned"`` (one learned vector ``(C,)``).
+        query: ``"gap"`` (``q = W_q LayerNorm(GAP(x)) + b_q``) or ``"learned"`` (one learned vector ``(C,)``).
         temperature: extra softmax temperature on top of the ``1/sqrt(C/heads)`` scaling.
         learn_temperature: learn the temperature.
     """
@@ -135,13 +141,16 @@ class QueryAttentionPool(_TemperatureMixin):
         b, c, h, w = x.shape
         d = c // self.heads
         if self.query_mode == "gap":
-            q = self.query(F.global_avg_pool(x).to(self.query.weight.dtype))  # (B, C)
+            gap = F.global_avg_pool(x).to(self.query.weight.dtype)  # (B, C)
+            gap = gap / gap.abs().amax(1, keepdim=True).clamp_min(1e-12)  # layer_norm's variance cannot overflow
+            q = self.query(nn.functional.layer_norm(gap, (c,)))  # per-sample norm: q does not scale with x
         else:
             q = self.query.expand(b, c)
-        q = q.to(x.dtype).view(b, self.heads, d)
-        key = self.key.to(x.dtype).view(self.heads, d, c)
+        work = _logit_input(x)
+        q = q.to(work.dtype).view(b, self.heads, d)
+        key = self.key.to(work.dtype).view(self.heads, d, c)
         u = torch.einsum("bhd,hdc->bhc", q, key) / math.sqrt(d)  # (B, heads, C): W_k^T q per head
-        logits = torch.matmul(u, x.flatten(2)).view(b, self.heads, h, w)  # (B, heads, H, W)
+        logits = torch.matmul(u, work.flatten(2)).view(b, self.heads, h, w)  # (B, heads, H, W)
         pooled, attn = F.attention_pool(x, logits, self.temperature)
         return pooled, ({"attn": attn} if need_extras else {})
 
