@@ -163,12 +163,16 @@ class HybridPool(PoolBase):
         logits = self.mix_logits
         if self.mixing == "gate":
             logits = logits + self.gate(descriptors.flatten(1).to(logits.dtype))  # (B, n)
-        weights = torch.softmax(logits, dim=-2 if self.mixing == "channel" else -1)
-        if hasattr(self, "blend"):
-            onehot = torch.zeros_like(weights)
-            onehot.select(-2 if self.mixing == "channel" else -1, self.branch_names.index("avg")).fill_(1.0)
-            weights = torch.lerp(onehot, weights, self.blend)
-        return weights
+        branch_dim = -2 if self.mixing == "channel" else -1
+        return self._blend_with_gap(torch.softmax(logits, dim=branch_dim), branch_dim)
+
+    def _blend_with_gap(self, weights: torch.Tensor, branch_dim: int) -> torch.Tensor:
+        """With ``init="gap"``: ``(1 - blend) * onehot(avg) + blend * weights`` along ``branch_dim``."""
+        if not hasattr(self, "blend"):
+            return weights
+        onehot = torch.zeros_like(weights)
+        onehot.select(branch_dim, self.branch_names.index("avg")).fill_(1.0)
+        return torch.lerp(onehot, weights, self.blend)
 
     def pool(self, x: torch.Tensor, need_extras: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         descriptors, extras = self._descriptors(x, need_extras)  # (B, n, C)
@@ -202,12 +206,7 @@ class HybridPool(PoolBase):
         """Current input-independent mixing weights per branch: ``()`` (scalar, gate bias) or ``(C,)`` (channel)."""
         if self.mixing == "concat":
             return {}
-        logits = self.mix_logits
-        weights = torch.softmax(logits, dim=0)
-        if hasattr(self, "blend"):
-            onehot = torch.zeros_like(weights)
-            onehot[self.branch_names.index("avg")] = 1.0
-            weights = torch.lerp(onehot, weights, self.blend)
+        weights = self._blend_with_gap(torch.softmax(self.mix_logits, dim=0), 0)
         return {name: weights[i] for i, name in enumerate(self.branch_names)}
 
     @torch.no_grad()
