@@ -1,0 +1,285 @@
+"""Start-of-run schema check of a composed training config.
+
+Hydra already refuses to override a key that does not exist (``model.dropuot=0.1``), but a typo inside a YAML
+file (an experiment bundle, a user's own group file) or an appended ``+key=value`` would only surface deep
+inside a constructor, or never. :func:`validate_config` checks the whole config before anything is built:
+
+- every node with a ``_target_`` against the signature of the class or function it names (keys = constructor
+  arguments), recursively;
+- the plain nodes (top level, ``paths``, ``features``, ``optim``, ``module``) against their known keys;
+- value ranges: positive learning rate, non-negative weight decay and multipliers, known schedule, dropout and
+  label smoothing in ``[0, 1)``, positive batch size and epochs, integer seed.
+
+All problems are reported together in one :class:`ConfigError` (a ``ValueError``) naming each bad key by its
+full dotted path, with a "did you mean" suggestion and the accepted keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+__all__ = ["GROUPS", "TOP_LEVEL_KEYS", "ConfigError", "validate_config"]
+
+#: config groups of conf/ that become top-level nodes
+GROUPS = ("paths", "data", "model", "pool", "optim", "trainer", "logger", "callbacks")
+#: plain top-level keys of conf/train.yaml
+TOP_LEVEL_KEYS = ("task_name", "tags", "seed", "ckpt_path", "test", "optimized_metric", "features", "module")
+PATHS_KEYS = ("data_dir", "log_dir", "cache_dir", "output_dir")
+FEATURES_KEYS = ("enabled", "root", "batch_size", "num_workers", "device")
+#: ClassificationModule arguments that belong to optim/ (the rest, except model, go under module:)
+OPTIM_KEYS = (
+    "optimizer",
+    "scheduler",
+    "warmup_epochs",
+    "min_lr_ratio",
+    "step_size",
+    "gamma",
+    "backbone_lr_mult",
+    "head_lr_mult",
+    "pool_lr_mult",
+    "pool_weight_decay",
+)
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+class ConfigError(ValueError):
+    """A composed config has unknown keys or invalid values; the message lists every problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid config ({len(self.problems)} problem(s)):\n{lines}")
+
+
+def _suggest(key: str, accepted: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _unknown(path: str, key: str, accepted: Iterable[str], where: str) -> str:
+    accepted = sorted(accepted)
+    return (
+        f"{path}: unknown key '{key}' for {where}; {_suggest(key, accepted)}accepted: {', '.join(accepted)}"
+    )
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _locate(target: str) -> Any:
+    from hydra.utils import get_object
+
+    return get_object(target)
+
+
+def _signature_keys(obj: Any) -> tuple[set[str], bool]:
+    """Parameter names of ``obj``'s constructor/call, and whether it also takes ``**kwargs``."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return set(), True
+    names = {p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    return names, var_kw
+
+
+def _check_targets(node: Any, path: str, problems: list[str]) -> None:
+    """Recursively check every ``_target_`` node under ``node`` against its constructor's signature."""
+    if isinstance(node, Mapping):
+        target = node.get("_target_")
+        if target is not None:
+            try:
+                obj = _locate(str(target))
+            except Exception as err:
+                problems.append(f"{_join(path, '_target_')}: cannot import '{target}' ({err})")
+                obj = None
+            if obj is not None:
+                names, var_kw = _signature_keys(obj)
+                if not var_kw:
+                    for key in node:
+                        if key in HYDRA_KEYS:
+                            continue
+                        if key not in names:
+                            problems.append(_unknown(_join(path, str(key)), str(key), names, str(target)))
+        for key, value in node.items():
+            if key not in HYDRA_KEYS:
+                _check_targets(value, _join(path, str(key)), problems)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_targets(value, f"{path}[{i}]", problems)
+
+
+def _check_keys(node: Any, path: str, accepted: Iterable[str], where: str, problems: list[str]) -> None:
+    if node is None:
+        return
+    if not isinstance(node, Mapping):
+        problems.append(f"{path}: expected a mapping of {where} keys, got {node!r}")
+        return
+    accepted = set(accepted)
+    for key in node:
+        if key not in accepted:
+            problems.append(_unknown(_join(path, str(key)), str(key), accepted, where))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def _check_range(
+    problems: list[str],
+    path: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    what: str = "a number",
+    required: bool = False,
+) -> None:
+    if value is None:
+        if required:
+            problems.append(f"{path}: must be {what}, got null")
+        return
+    v = _number(value)
+    if v is None:
+        problems.append(f"{path}: must be {what}, got {value!r}")
+        return
+    bad = (low is not None and (v <= low if low_open else v < low)) or (
+        high is not None and (v >= high if high_open else v > high)
+    )
+    if bad:
+        lo = "" if low is None else ("> " if low_open else ">= ") + f"{low:g}"
+        hi = "" if high is None else ("< " if high_open else "<= ") + f"{high:g}"
+        rule = " and ".join(s for s in (lo, hi) if s)
+        problems.append(f"{path}: must be {rule}, got {value!r}")
+
+
+def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Check a composed training config; return it as a resolved plain dict.
+
+    Raises:
+        ConfigError: (a ``ValueError``) listing every unknown key (full dotted path, nearest accepted key,
+            accepted keys) and every out-of-range value, e.g. ``optim.optimizer.lr: must be > 0, got -0.1``.
+    """
+    from hybridpool.module import SCHEDULES, ClassificationModule
+
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        try:
+            container = OmegaConf.to_container(cfg, resolve=True)
+        except Exception as err:
+            raise ConfigError([f"the config cannot be resolved: {err}"]) from err
+    else:
+        container = dict(cfg)
+    assert isinstance(container, dict)
+    container.pop("hydra", None)
+    problems: list[str] = []
+
+    _check_keys(container, "", (*GROUPS, *TOP_LEVEL_KEYS), "the top-level config (conf/train.yaml)", problems)
+    for group in ("data", "model", "pool", "optim", "trainer"):
+        if container.get(group) is None:
+            problems.append(f"{group}: missing; choose one with {group}=<name> (see conf/{group}/)")
+    _check_keys(container.get("paths"), "paths", PATHS_KEYS, "paths", problems)
+    _check_keys(
+        container.get("features"), "features", FEATURES_KEYS, "features (the feature cache)", problems
+    )
+
+    module_args, _ = _signature_keys(ClassificationModule)
+    _check_keys(
+        container.get("optim"), "optim", OPTIM_KEYS, "optim (ClassificationModule arguments)", problems
+    )
+    module_keys = module_args - set(OPTIM_KEYS) - {"model", "from_features"}
+    _check_keys(
+        container.get("module"), "module", module_keys, "module (ClassificationModule arguments)", problems
+    )
+    for group in ("logger", "callbacks"):
+        node = container.get(group)
+        if node is not None and not isinstance(node, Mapping):
+            problems.append(f"{group}: expected a mapping of name -> {{_target_: ...}}, got {node!r}")
+        elif isinstance(node, Mapping):
+            for name, sub in node.items():
+                if sub is not None and (not isinstance(sub, Mapping) or "_target_" not in sub):
+                    problems.append(f"{group}.{name}: expected a node with a _target_, got {sub!r}")
+    for key in ("data", "model", "pool", "trainer", "logger", "callbacks"):
+        node = container.get(key)
+        if (
+            isinstance(node, Mapping)
+            and key in ("data", "model", "pool", "trainer")
+            and "_target_" not in node
+        ):
+            problems.append(f"{key}: expected a node with a _target_ (see conf/{key}/)")
+        _check_targets(node, key, problems)
+    optim = container.get("optim")
+    if isinstance(optim, Mapping):
+        _check_targets(optim.get("optimizer"), "optim.optimizer", problems)
+
+    # ----------------------------------------------------------------- values
+    optim = optim if isinstance(optim, Mapping) else {}
+    opt = optim.get("optimizer") if isinstance(optim.get("optimizer"), Mapping) else {}
+    _check_range(
+        problems,
+        "optim.optimizer.lr",
+        opt.get("lr"),
+        low=0,
+        low_open=True,
+        what="a positive number",
+        required="lr" in opt,
+    )
+    _check_range(problems, "optim.optimizer.weight_decay", opt.get("weight_decay"), low=0)
+    _check_range(problems, "optim.optimizer.momentum", opt.get("momentum"), low=0, high=1)
+    for key in (
+        "backbone_lr_mult",
+        "head_lr_mult",
+        "pool_lr_mult",
+        "pool_weight_decay",
+        "warmup_epochs",
+        "min_lr_ratio",
+    ):
+        _check_range(problems, f"optim.{key}", optim.get(key), low=0)
+    _check_range(problems, "optim.gamma", optim.get("gamma"), low=0, low_open=True)
+    _check_range(problems, "optim.step_size", optim.get("step_size"), low=1)
+    if "scheduler" in optim and optim["scheduler"] not in SCHEDULES:
+        problems.append(
+            f"optim.scheduler: unknown schedule {optim['scheduler']!r}; accepted: {', '.join(SCHEDULES)}"
+        )
+    module = container.get("module") if isinstance(container.get("module"), Mapping) else {}
+    _check_range(
+        problems, "module.label_smoothing", module.get("label_smoothing"), low=0, high=1, high_open=True
+    )
+    _check_range(problems, "module.log_pool_every_n_steps", module.get("log_pool_every_n_steps"), low=0)
+    model = container.get("model") if isinstance(container.get("model"), Mapping) else {}
+    _check_range(problems, "model.dropout", model.get("dropout"), low=0, high=1, high_open=True)
+    data = container.get("data") if isinstance(container.get("data"), Mapping) else {}
+    _check_range(problems, "data.batch_size", data.get("batch_size"), low=1)
+    _check_range(problems, "data.num_workers", data.get("num_workers"), low=0)
+    trainer = container.get("trainer") if isinstance(container.get("trainer"), Mapping) else {}
+    epochs = trainer.get("max_epochs")
+    if epochs is not None and epochs != -1:
+        _check_range(problems, "trainer.max_epochs", epochs, low=1, what="a positive integer or -1")
+    features = container.get("features") if isinstance(container.get("features"), Mapping) else {}
+    if features.get("enabled", "auto") not in ("auto", True, False):
+        problems.append(f"features.enabled: must be auto, true or false, got {features.get('enabled')!r}")
+    _check_range(problems, "features.batch_size", features.get("batch_size"), low=1)
+    seed = container.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        problems.append(f"seed: must be an integer, got {seed!r}")
+    tags = container.get("tags")
+    if tags is not None and (
+        not isinstance(tags, list) or not all(isinstance(t, (str, int, float)) for t in tags)
+    ):
+        problems.append(f"tags: must be a list of strings, got {tags!r}")
+    ckpt = container.get("ckpt_path")
+    if ckpt is not None and not isinstance(ckpt, str):
+        problems.append(f"ckpt_path: must be null, 'last' or a checkpoint file path, got {ckpt!r}")
+    if problems:
+        raise ConfigError(problems)
+    return container

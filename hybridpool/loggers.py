@@ -1,0 +1,254 @@
+"""W&B set-up that never hangs: online only when it can work, otherwise offline with the sync command printed.
+
+``WANDB_MODE=online`` on a machine without network makes ``wandb.init`` wait ~100 s and then crash a Lightning
+fit. :func:`resolve_wandb_mode` decides without a network round-trip that can hang: online only if
+
+1. the requested mode is ``auto`` or ``online`` and ``WANDB_MODE`` is not ``offline``/``dryrun``/``disabled``,
+2. an API key is configured (``WANDB_API_KEY``, or a ``~/.netrc``/``$NETRC`` entry for the W&B host), and
+3. the W&B host (``WANDB_BASE_URL``, default ``https://api.wandb.ai``) answers HTTPS within 2 seconds
+   (DNS, TCP, verified TLS and an HTTP status line; the probe runs in a daemon thread with a hard deadline);
+
+otherwise offline. Offline runs are written to ``<save_dir>/wandb/offline-run-*`` and can be uploaded later
+with ``wandb sync <that folder>`` (:func:`wandb_run_info` gives the command).
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import socket
+import ssl
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+__all__ = [
+    "make_wandb_logger",
+    "read_wandb_run",
+    "resolve_wandb_mode",
+    "wandb_api_key_configured",
+    "wandb_run_info",
+]
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+MODES = ("auto", "online", "offline", "disabled")
+
+
+def _base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = urlparse(url if "://" in url else f"https://{url}")
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    return parsed.hostname or "api.wandb.ai", port
+
+
+def wandb_api_key_configured(base_url: str | None = None) -> bool:
+    """Whether an API key is available without asking anyone: ``WANDB_API_KEY`` or a netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host, _ = _host_port(base_url or _base_url())
+    path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
+    try:
+        auth = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(auth and auth[2])
+
+
+def _probe(url: str, timeout: float) -> bool:
+    """Whether the W&B server answers HTTP(S) at ``url`` within ``timeout`` seconds, all steps included.
+
+    A bare TCP connect is not enough (an intercepting proxy accepts any connection); the probe completes a
+    verified TLS handshake and reads an HTTP status line. It runs in a daemon thread with a hard deadline, so
+    a slow DNS lookup or a silent network cannot stall the caller.
+    """
+    host, port = _host_port(url)
+    https = not url.startswith("http://")
+    result: list[bool] = []
+
+    def check() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as raw:
+                sock = ssl.create_default_context().wrap_socket(raw, server_hostname=host) if https else raw
+                with sock:
+                    sock.sendall(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                    result.append(sock.recv(16).startswith(b"HTTP/"))
+        except (OSError, ValueError):
+            result.append(False)
+
+    thread = threading.Thread(target=check, daemon=True, name="wandb-probe")
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def resolve_wandb_mode(requested: str = "auto", timeout: float = 2.0) -> tuple[str, str]:
+    """``(mode, reason)``: the W&B mode to use (``online``/``offline``/``disabled``) and why.
+
+    Args:
+        requested: ``auto`` (online when possible), ``online`` (same, with a warning when it falls back),
+            ``offline`` or ``disabled``.
+        timeout: seconds allowed for the connectivity probe.
+    """
+    if requested not in MODES:
+        raise ValueError(f"unknown W&B mode {requested!r}; accepted: {', '.join(MODES)}")
+    if requested in ("offline", "disabled"):
+        return requested, f"mode={requested} requested"
+    env = (os.environ.get("WANDB_MODE") or "").lower()
+    if env in ("offline", "dryrun"):
+        return "offline", f"WANDB_MODE={env}"
+    if env == "disabled" or os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true"):
+        return "disabled", "W&B disabled by the environment"
+    url = _base_url()
+    reason = ""
+    if not wandb_api_key_configured(url):
+        reason = "no W&B API key configured (wandb login or WANDB_API_KEY)"
+    else:
+        host, port = _host_port(url)
+        if _probe(url, timeout):
+            return "online", f"logged in and {host} reachable"
+        reason = f"{host}:{port} not reachable within {timeout:g} s"
+    if requested == "online":
+        warnings.warn(f"W&B mode online requested but {reason}; logging offline instead", stacklevel=2)
+    return "offline", reason
+
+
+def make_wandb_logger(
+    project: str = "hybridpool",
+    save_dir: str | os.PathLike[str] = ".",
+    mode: str = "auto",
+    entity: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    name: str | None = None,
+    job_type: str | None = "train",
+    notes: str | None = None,
+    id: str | None = None,
+    log_model: bool = False,
+    probe_timeout: float = 2.0,
+) -> Any:
+    """A Lightning ``WandbLogger`` whose mode is decided by :func:`resolve_wandb_mode` (never a long hang).
+
+    Args:
+        project, entity, group, tags, name, job_type, notes: the W&B run's fields (group = experiment name).
+        save_dir: folder under which W&B writes ``wandb/<run>`` (the run's output folder).
+        mode: ``auto``, ``online``, ``offline`` or ``disabled``.
+        id: resume this W&B run id (``resume="allow"``).
+        log_model: upload checkpoints as artifacts (online only).
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    resolved, reason = resolve_wandb_mode(mode, timeout=probe_timeout)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    tags = [str(t)[:64] for t in dict.fromkeys(tags or [])]  # unique, W&B limits tags to 64 chars
+    logger = WandbLogger(
+        project=project,
+        save_dir=os.fspath(save_dir),
+        entity=entity,
+        group=group,
+        tags=tags,
+        name=name,
+        job_type=job_type,
+        notes=notes,
+        id=id,
+        log_model=log_model if resolved == "online" else False,
+        mode=resolved,
+    )
+    logger.hybridpool_mode = resolved
+    logger.hybridpool_mode_reason = reason
+    return logger
+
+
+def wandb_run_info(logger: Any) -> dict[str, Any] | None:
+    """``{mode, reason, id, project, group, dir, url, sync_command}`` of a logger made by
+    :func:`make_wandb_logger`.
+
+    Only reads an already-started run (``None`` if the experiment was never created).
+    """
+    run = getattr(logger, "_experiment", None)
+    if run is None:
+        return None
+    mode = getattr(logger, "hybridpool_mode", None)
+    settings = getattr(run, "settings", None)
+    run_dir = getattr(settings, "sync_dir", None) if settings is not None else None
+    info: dict[str, Any] = {
+        "mode": mode,
+        "reason": getattr(logger, "hybridpool_mode_reason", None),
+        "id": getattr(run, "id", None),
+        "project": getattr(run, "project", None),
+        "group": getattr(run, "group", None),
+        "dir": run_dir,
+        "url": None,
+        "sync_command": None,
+    }
+    if mode == "online":
+        try:
+            info["url"] = run.get_url() if hasattr(run, "get_url") else getattr(run, "url", None)
+        except Exception:
+            info["url"] = None
+    elif mode == "offline" and run_dir:
+        info["sync_command"] = f"wandb sync {run_dir}"
+    return info
+
+
+def _wandb_cli() -> str:
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "wandb"
+    found = str(beside) if beside.is_file() else shutil.which("wandb")
+    if not found:
+        raise FileNotFoundError("the wandb command-line tool is not installed (pip install wandb)")
+    return found
+
+
+def read_wandb_run(path: str | os.PathLike[str], timeout: float = 120.0) -> dict[str, Any]:
+    """Read a local W&B run back from its ``.wandb`` file (``wandb leet inspect``), without any server.
+
+    Args:
+        path: a ``run-*.wandb`` file, its ``offline-run-*`` folder, or a ``wandb/`` folder (latest run).
+
+    Returns:
+        ``{"run_id", "project", "tags", "state", "exit_code", "config": {...}, "summary": {...},
+        "history": [{metric: value, ...} per logged step]}``.
+    """
+    import json
+    import subprocess
+
+    cli = _wandb_cli()
+    p = os.fspath(path)
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [cli, "leet", "inspect", *args, p], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"wandb leet inspect {' '.join(args)} {p} failed: {done.stderr.strip()[-2000:]}")
+        return done.stdout
+
+    state = json.loads(run("--summary", "--json"))
+    history: list[dict[str, Any]] = []
+    config: dict[str, Any] = {}
+    for line in run("--json").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("type") == "history":
+            history.append(rec["history"].get("item", {}))
+        elif rec.get("type") == "config":
+            config.update(rec["config"].get("update", {}))
+    return {
+        "run_id": state.get("run_id"),
+        "project": state.get("project"),
+        "tags": state.get("tags", []),
+        "state": state.get("state"),
+        "exit_code": state.get("exit_code"),
+        "config": state.get("config") or config,
+        "summary": state.get("summary", {}),
+        "history": history,
+    }

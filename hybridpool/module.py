@@ -1,0 +1,382 @@
+"""The LightningModule: loss, metrics, optimizer groups, schedules and logging of the pooling internals.
+
+:class:`ClassificationModule` wraps a :class:`~hybridpool.models.Classifier` (backbone -> pool -> head):
+
+- cross-entropy with optional label smoothing; top-1, top-5 (where classes > 5) and macro (per-class mean)
+  accuracy for val and test, logged as ``val/acc``, ``val/acc_top5``, ``val/acc_macro`` (``test/...`` alike);
+- three optimizer groups, ``backbone``, ``head`` and ``pool`` (:func:`hybridpool.pooling.pooling_parameters`),
+  each with a learning-rate multiplier; the pool group gets its own weight decay (0 by default: GeM's p barely
+  moves from 3 otherwise); AdamW or SGD (any ``torch.optim`` class via a Hydra ``_partial_``);
+- a per-step schedule: linear warm-up, then cosine (down to ``min_lr_ratio``), step decay or constant;
+- the pooling internals over training: the pool's own ``stats()`` every ``log_pool_every_n_steps`` steps under
+  ``pool/...`` (GeM p, LSE r, mixing weights, temperatures), and per validation epoch the statistics of
+  what it did on the validation set (``pool/val/mix/<branch>_mean|_std``, gate spread,
+  ``pool/val/attn_entropy``);
+- with ``from_features=True`` the batches hold cached backbone feature maps ``(B, C, H', W')`` (frozen-backbone
+  mode, see :mod:`hybridpool.features`) and only pool + head run;
+- checkpoints carry the RNG states so that ``ckpt_path=last`` resumes an interrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from hybridpool.models.classifier import Classifier
+
+__all__ = ["SCHEDULES", "ClassificationModule", "lr_lambda", "mixing_statistics"]
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def lr_lambda(
+    schedule: str,
+    total_steps: int,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.0,
+    step_every: int = 1,
+    gamma: float = 0.1,
+) -> Callable[[int], float]:
+    """The learning-rate factor of optimizer step ``s`` (for ``torch.optim.lr_scheduler.LambdaLR``).
+
+    Linear warm-up from ``1/warmup_steps`` to 1 over ``warmup_steps`` steps, then ``cosine`` (1 ->
+    min_lr_ratio
+    over the remaining steps), ``step`` (times ``gamma`` every ``step_every`` steps) or ``constant``.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
+    return functools.partial(
+        _lr_factor,
+        schedule,
+        int(total_steps),
+        int(warmup_steps),
+        float(min_lr_ratio),
+        max(1, int(step_every)),
+        float(gamma),
+    )
+
+
+def _lr_factor(
+    schedule: str, total: int, warmup: int, min_ratio: float, step_every: int, gamma: float, step: int
+) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return gamma ** ((step - warmup) // step_every)
+    return 1.0
+
+
+def mixing_statistics(
+    mix: torch.Tensor, names: list[str] | tuple[str, ...] | None = None
+) -> dict[str, float]:
+    """Per-branch mean and spread of mixing weights.
+
+    Args:
+        mix: ``(B, n_branches)`` per-sample weights (scalar or gate mixing) or ``(B, n_branches, C)``
+            per-channel weights.
+        names: branch names (default ``b0, b1, ...``).
+
+    Returns:
+        ``{"<branch>_mean", "<branch>_std"}`` over samples (and channels), plus ``"<branch>_sample_std"`` (how
+        much the weight varies between samples: the gate's input dependence).
+    """
+    mix = mix.detach().float()
+    if mix.ndim not in (2, 3):
+        raise ValueError(f"mix must be (B, n_branches) or (B, n_branches, C), got shape {tuple(mix.shape)}")
+    n = mix.shape[1]
+    names = list(names) if names is not None and len(names) == n else [f"b{i}" for i in range(n)]
+    out: dict[str, float] = {}
+    for i, name in enumerate(names):
+        w = mix[:, i]
+        out[f"{name}_mean"] = float(w.mean())
+        out[f"{name}_std"] = float(w.std(unbiased=False))
+        per_sample = w.mean(dim=-1) if w.ndim == 2 else w
+        out[f"{name}_sample_std"] = float(per_sample.std(unbiased=False))
+    return out
+
+
+def attention_entropy(attn: torch.Tensor) -> float:
+    """Mean normalised entropy (0: one location, 1: uniform) of attention maps ``attn: (B, heads, H, W)``."""
+    a = attn.detach().float().flatten(2)
+    a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
+    ent = -(a * a.clamp_min(1e-12).log()).sum(-1)
+    n = a.shape[-1]
+    return float((ent / math.log(n)).mean()) if n > 1 else 0.0
+
+
+def _numpy_state() -> dict[str, Any]:
+    """numpy's global RNG state with plain types only (checkpoints load with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _to_numpy_state(s: dict[str, Any]) -> tuple:
+    keys = s["keys"].numpy().astype(np.uint32)
+    return (s["name"], keys, s["pos"], s["has_gauss"], s["cached"])
+
+
+def _python_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    return {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _to_python_state(s: dict[str, Any]) -> tuple:
+    return (s["version"], tuple(int(v) for v in s["internal"].tolist()), s["gauss"])
+
+
+class ClassificationModule(pl.LightningModule):
+    """Trains and evaluates a :class:`~hybridpool.models.Classifier`.
+
+    Args:
+        model: the classifier.
+        optimizer: a factory ``optimizer(param_groups) -> torch.optim.Optimizer`` (a Hydra ``_partial_`` of
+            ``torch.optim.AdamW``/``SGD`` holding ``lr`` and ``weight_decay``); default AdamW(lr=1e-3).
+        scheduler: ``"cosine"``, ``"step"`` or ``"constant"`` (per optimizer step, after warm-up).
+        warmup_epochs: linear warm-up length in epochs (fractions allowed).
+        min_lr_ratio: final learning rate of the cosine schedule relative to the peak.
+        step_size: epochs between decays of the ``step`` schedule.
+        gamma: decay factor of the ``step`` schedule.
+        backbone_lr_mult, head_lr_mult, pool_lr_mult: learning-rate multipliers of the three groups.
+        pool_weight_decay: weight decay of the pooling parameters (0: no decay).
+        label_smoothing: cross-entropy label smoothing in ``[0, 1)``.
+        log_pool_every_n_steps: how often the pool's ``stats()`` are logged during training (0: never).
+        from_features: batches hold cached feature maps ``(B, C, H', W')`` instead of images.
+    """
+
+    def __init__(
+        self,
+        model: Classifier,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: str = "cosine",
+        warmup_epochs: float = 0.0,
+        min_lr_ratio: float = 0.0,
+        step_size: int = 30,
+        gamma: float = 0.1,
+        backbone_lr_mult: float = 1.0,
+        head_lr_mult: float = 1.0,
+        pool_lr_mult: float = 10.0,
+        pool_weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
+        log_pool_every_n_steps: int = 50,
+        from_features: bool = False,
+    ):
+        super().__init__()
+        if scheduler not in SCHEDULES:
+            raise ValueError(f"unknown scheduler {scheduler!r}; accepted: {', '.join(SCHEDULES)}")
+        for name, value in (
+            ("backbone_lr_mult", backbone_lr_mult),
+            ("head_lr_mult", head_lr_mult),
+            ("pool_lr_mult", pool_lr_mult),
+            ("pool_weight_decay", pool_weight_decay),
+            ("warmup_epochs", warmup_epochs),
+            ("min_lr_ratio", min_lr_ratio),
+        ):
+            if float(value) < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.model = model
+        self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, lr=1e-3)
+        self.scheduler_name = scheduler
+        self.warmup_epochs = float(warmup_epochs)
+        self.min_lr_ratio = float(min_lr_ratio)
+        self.step_size = int(step_size)
+        self.gamma = float(gamma)
+        self.lr_mults = {
+            "backbone": float(backbone_lr_mult),
+            "head": float(head_lr_mult),
+            "pool": float(pool_lr_mult),
+        }
+        self.pool_weight_decay = float(pool_weight_decay)
+        self.label_smoothing = float(label_smoothing)
+        self.log_pool_every_n_steps = int(log_pool_every_n_steps)
+        self.from_features = bool(from_features)
+        self.run_config: dict[str, Any] | None = None  # stored in checkpoints when set
+        self._restore_rng: dict[str, Any] | None = None
+
+        n = model.num_classes
+        metrics: dict[str, nn.Module] = {
+            "acc": MulticlassAccuracy(num_classes=n, average="micro"),
+            "acc_macro": MulticlassAccuracy(num_classes=n, average="macro"),
+        }
+        if n > 5:
+            metrics["acc_top5"] = MulticlassAccuracy(num_classes=n, top_k=5, average="micro")
+        base = MetricCollection(metrics)
+        self.val_metrics = base.clone(prefix="val/")
+        self.test_metrics = base.clone(prefix="test/")
+        self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self._val_mix: list[torch.Tensor] = []
+        self._val_entropy: list[float] = []
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: (B, C_in, H, W)`` images (or ``(B, C, H', W')`` features when ``from_features``) -> logits."""
+        if self.from_features:
+            return self.model.forward_head(x)
+        return self.model(x)
+
+    def _forward_extras(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        fmap = x if self.from_features else self.model.forward_features(x)
+        return self.model.forward_head(fmap, return_extras=True)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        self.train_acc(logits.detach(), y)
+        bs = y.shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
+        n = self.log_pool_every_n_steps
+        if n > 0 and self.global_step % n == 0:
+            self._log_pool_stats()
+        return loss
+
+    def _log_pool_stats(self) -> None:
+        stats = getattr(self.model.pool, "stats", None)
+        if stats is None:
+            return
+        values = {f"pool/{k}": float(v) for k, v in stats().items()}
+        if values:
+            self.log_dict(values, on_step=True, on_epoch=False, batch_size=1)
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        x, y = batch
+        logits, extras = self._forward_extras(x)
+        loss = F.cross_entropy(logits, y)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(logits, y)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", batch_size=y.shape[0])
+        if stage == "val" and not self.trainer.sanity_checking:
+            if "mix" in extras:
+                self._val_mix.append(extras["mix"].detach().float().cpu())
+            if "attn" in extras:
+                self._val_entropy.append(attention_entropy(extras["attn"]))
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+        if self.trainer.sanity_checking:
+            return
+        values: dict[str, float] = {}
+        if self._val_mix:
+            names = getattr(self.model.pool, "branch_names", None)
+            stats = mixing_statistics(torch.cat(self._val_mix), names)
+            values.update({f"pool/val/mix/{k}": v for k, v in stats.items()})
+        if self._val_entropy:
+            values["pool/val/attn_entropy"] = float(np.mean(self._val_entropy))
+        if values:
+            self.log_dict(values)
+        self._val_mix.clear()
+        self._val_entropy.clear()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = self.model.parameter_groups()
+        keywords = getattr(self.optimizer_factory, "keywords", {}) or {}
+        base_lr = float(keywords.get("lr", 1e-3))
+        param_groups = []
+        for name, params in groups.items():
+            if not params:
+                continue
+            group: dict[str, Any] = {"params": params, "lr": base_lr * self.lr_mults[name], "name": name}
+            if name == "pool":
+                group["weight_decay"] = self.pool_weight_decay
+            param_groups.append(group)
+        if not param_groups:
+            raise ValueError("nothing to train: every parameter of the model is frozen")
+        optimizer = self.optimizer_factory(param_groups)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                "the learning-rate schedule needs a finite run: set trainer.max_epochs or max_steps"
+            )
+        total = max(1, int(total))
+        max_epochs = self.trainer.max_epochs or 0
+        steps_per_epoch = total / max_epochs if max_epochs > 0 else total
+        schedule = lr_lambda(
+            self.scheduler_name,
+            total_steps=total,
+            warmup_steps=round(self.warmup_epochs * steps_per_epoch),
+            min_lr_ratio=self.min_lr_ratio,
+            step_every=round(self.step_size * steps_per_epoch),
+            gamma=self.gamma,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ exact resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["hybridpool_rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _numpy_state(),
+            "python": _python_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "loader": None,
+        }
+        generator = self._train_loader_generator()
+        if generator is not None:  # a datamodule that shuffles with its own seeded generator
+            checkpoint["hybridpool_rng"]["loader"] = generator.get_state()
+        if self.run_config is not None:
+            checkpoint["hybridpool_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming a fit: put the RNGs back where the interrupted run was when it saved this checkpoint.
+
+        The global RNGs are restored here, before Lightning creates the first training iterator; the training
+        loader's own generator (a datamodule that shuffles with a seeded ``torch.Generator``) is restored by
+        :meth:`restore_loader_state` as soon as the loader exists (``hybridpool.train`` wires it).
+        """
+        state = checkpoint.get("hybridpool_rng")
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if state is None or not fitting:
+            return
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(_to_numpy_state(state["numpy"]))
+        random.setstate(_to_python_state(state["python"]))
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        self._restore_rng = {"loader": state.get("loader")} if state.get("loader") is not None else None
+
+    def restore_loader_state(self, loader: Any) -> None:
+        """Give a freshly built training ``loader`` the generator state saved in the resumed checkpoint."""
+        pending, self._restore_rng = self._restore_rng, None
+        generator = getattr(loader, "generator", None)
+        if pending is not None and isinstance(generator, torch.Generator):
+            generator.set_state(pending["loader"])
+
+    def _train_loader_generator(self) -> torch.Generator | None:
+        if self._trainer is None:
+            return None
+        try:
+            loader = self.trainer.train_dataloader
+        except Exception:
+            return None
+        generator = getattr(loader, "generator", None)
+        return generator if isinstance(generator, torch.Generator) else None

@@ -1,0 +1,197 @@
+"""One results record per run: ``results.json`` (written atomically) next to the run's CSV metrics.
+
+The report and the paper read these records, never the training code. A record holds:
+
+``schema`` (format version), ``status`` (``running`` -> ``completed`` | ``failed`` | ``interrupted``),
+``task_name``, ``tags``, ``seed``, ``config`` (the fully resolved run config), ``overrides`` (the command-line
+overrides, when launched through Hydra), ``git`` (``commit``, ``dirty``), ``metrics`` (final val/test numbers,
+floats), ``paths`` (output dir, checkpoints, CSV, W&B run), ``wandb`` (mode, id, sync command), ``versions``,
+``host``, ``started_at``/``finished_at`` (ISO 8601, UTC), ``wall_time_s`` and, on failure, ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SCHEMA_VERSION", "RunRecord", "git_info", "read_results", "to_jsonable", "write_json_atomic"]
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` with tensors/numpy scalars turned into floats, paths into strings, NaN/inf into ``None``."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    item = getattr(obj, "item", None)
+    if item is not None:
+        try:
+            return to_jsonable(item())
+        except (ValueError, RuntimeError):
+            pass
+    return repr(obj)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    A reader never sees a half-written file, even when the run is killed mid-write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(to_jsonable(obj), f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def git_info(path: str | Path | None = None) -> dict[str, Any]:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout holding ``path`` (default: here)."""
+    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+    info: dict[str, Any] = {"commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
+        if commit.returncode == 0:
+            info["commit"] = commit.stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if status.returncode == 0:
+            info["dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    out: dict[str, str] = {"python": platform.python_version()}
+    for name in ("hybridpool", "torch", "torchvision", "pytorch_lightning", "hydra", "wandb", "timm"):
+        try:
+            module = __import__(name)
+            out[name] = str(getattr(module, "__version__", "?"))
+        except ImportError:
+            continue
+    return out
+
+
+class RunRecord:
+    """The ``results.json`` of one run, rewritten atomically at every status change.
+
+    Args:
+        output_dir: the run's output folder (the file is ``output_dir/results.json``).
+        config: the resolved run config (a plain dict).
+        seed, task_name, tags: copied into the record.
+        overrides: command-line overrides of the run.
+        enabled: write the file (``False``: keep the record in memory only).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        config: dict[str, Any],
+        seed: int | None = None,
+        task_name: str | None = None,
+        tags: list[str] | None = None,
+        overrides: list[str] | None = None,
+        enabled: bool = True,
+    ):
+        self.path = Path(output_dir) / RESULTS_FILE
+        self.enabled = enabled  # False on the non-zero ranks of a multi-process run: one writer per run
+        self._t0 = time.perf_counter()
+        self.data: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "status": "running",
+            "task_name": task_name,
+            "tags": list(tags or []),
+            "seed": seed,
+            "started_at": _now(),
+            "finished_at": None,
+            "wall_time_s": None,
+            "metrics": {},
+            "paths": {"output_dir": str(Path(output_dir).resolve())},
+            "wandb": None,
+            "git": git_info(),
+            "host": platform.node(),
+            "versions": _versions(),
+            "overrides": list(overrides or []),
+            "config": config,
+        }
+
+    def update(self, **fields: Any) -> None:
+        """Merge ``fields`` into the record (dicts are merged one level deep) and rewrite the file."""
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(self.data.get(key), dict):
+                self.data[key].update(value)
+            else:
+                self.data[key] = value
+        self.write()
+
+    def write(self) -> Path:
+        if self.enabled:
+            write_json_atomic(self.path, self.data)
+        return self.path
+
+    def _close(self, status: str, **fields: Any) -> None:
+        self.data["finished_at"] = _now()
+        self.data["wall_time_s"] = round(time.perf_counter() - self._t0, 3)
+        self.data["status"] = status
+        self.update(**fields)
+
+    def complete(self, metrics: dict[str, float], **fields: Any) -> None:
+        """Mark the run completed with its final ``metrics``."""
+        self._close("completed", metrics=metrics, **fields)
+
+    def fail(self, error: BaseException, metrics: dict[str, float] | None = None, **fields: Any) -> None:
+        """Mark the run ``failed`` (``interrupted`` for Ctrl-C) and keep the error message."""
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        self._close(
+            status,
+            error=f"{type(error).__name__}: {error}",
+            metrics=metrics or self.data["metrics"],
+            **fields,
+        )
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Read a ``results.json`` (or the one inside a run folder)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / RESULTS_FILE
+    return json.loads(p.read_text())

@@ -1,0 +1,98 @@
+"""Shared fixtures of the training tests (tests/pooling and tests/data have their own)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+#: a tiny, fast run: 16 px synthetic images, a 2-stage CNN, one epoch, no loggers or callbacks
+TINY = [
+    "data=synth_detail",
+    "data.num_train=64",
+    "data.num_val=32",
+    "data.num_test=32",
+    "data.batch_size=32",
+    "data.image_size=16",
+    "model.backbone.widths=[8,16]",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "logger=none",
+    "callbacks=none",
+]
+
+
+def run_dir(root: Path, name: str) -> Path:
+    """The folder of the test run ``name`` (under the default task name, where ckpt_path=last looks)."""
+    return root / "outputs" / "main" / "runs" / name
+
+
+@pytest.fixture
+def train_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Offline W&B, caches and outputs under ``tmp_path``; no API key, no network."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HYBRIDPOOL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HYBRIDPOOL_LOG_DIR", str(tmp_path / "outputs"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """The overrides of the tiny test run (see ``TINY``)."""
+    return list(TINY)
+
+
+@pytest.fixture
+def run_path(train_env: Path) -> Callable[[str], Path]:
+    """``run_path(name)``: the output folder of the test run ``name``."""
+    return lambda name: run_dir(train_env, name)
+
+
+@pytest.fixture
+def make_cfg(train_env: Path) -> Callable[..., object]:
+    """``make_cfg(overrides, name="run")``: the tiny config plus ``overrides``, in a folder of its own."""
+    from hybridpool.train import compose_config
+
+    def make(overrides: Sequence[str] = (), name: str = "run", tiny: bool = True):
+        out = run_dir(train_env, name)
+        base = list(TINY) if tiny else []
+        if any(o.startswith("model=") for o in overrides):  # the widths belong to the small CNN only
+            base = [o for o in base if not o.startswith("model.backbone.")]
+        if any(o.startswith("data=") for o in overrides):  # the sizes belong to the synthetic tasks only
+            base = [o for o in base if not o.startswith("data.")]
+        return compose_config([*base, *overrides], output_dir=out)
+
+    return make
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The offline dataset folder (CI: ``$HYBRIDPOOL_DATA_ROOT``); skips when absent."""
+    root = os.environ.get("HYBRIDPOOL_DATA_ROOT")
+    candidates = [Path(root)] if root else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    pytest.skip("the offline data folder (../shared/data) is not available")
+
+
+@pytest.fixture
+def torch_home(monkeypatch: pytest.MonkeyPatch, shared_data: Path) -> Path:
+    """``TORCH_HOME`` pointing at the offline weights (MobileNetV2); skips when absent."""
+    home = Path(os.environ.get("TORCH_HOME") or shared_data / "torch_home")
+    if not (home / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth").is_file():
+        pytest.skip(f"MobileNetV2 weights not found under {home}")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home

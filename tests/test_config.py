@@ -1,0 +1,130 @@
+"""Config composition of every group option, and the start-of-run schema check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import instantiate
+
+from hybridpool.config import ConfigError, validate_config
+from hybridpool.train import config_dir
+
+CONF = config_dir()
+GROUPS = ["data", "model", "pool", "optim", "trainer", "logger", "callbacks", "paths", "experiment"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_conf_dir_is_the_repo_conf():
+    assert (CONF / "train.yaml").is_file()
+    assert (Path(__file__).resolve().parents[1] / "conf") == CONF
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_of_every_group_composes_and_validates(group, make_cfg):
+    options = _options(group)
+    if group in ("data", "pool", "model", "optim", "trainer", "logger", "callbacks"):
+        assert options, f"conf/{group}/ is empty"
+    for name in options:
+        cfg = make_cfg([f"{group}={name}"], tiny=False)
+        container = validate_config(cfg)
+        assert container["task_name"], name
+        if group not in ("paths", "experiment"):
+            assert container[group] is not None or group in ("logger", "callbacks")
+
+
+def test_default_config_is_the_main_job(make_cfg):
+    cfg = make_cfg(tiny=False)
+    c = validate_config(cfg)
+    assert c["data"]["_target_"] == "hybridpool.data.SyntheticDataModule"
+    assert c["model"]["backbone"]["_target_"] == "hybridpool.models.SmallCNN"
+    assert c["pool"]["_target_"] == "hybridpool.pooling.HybridPool" and c["pool"]["mixing"] == "scalar"
+    assert c["trainer"]["accelerator"] == "cpu"
+    assert "wandb" in c["logger"] and "csv" in c["logger"]
+
+
+@pytest.mark.parametrize("name", _options("pool"))
+def test_pool_configs_build_through_the_classifier(name, make_cfg):
+    import torch
+
+    from hybridpool.models import Classifier, SmallCNN
+
+    cfg = make_cfg([f"pool={name}"])
+    backbone = SmallCNN(3, (8, 16))
+    model = Classifier(backbone, instantiate(cfg.pool), num_classes=3)
+    out = model(torch.randn(2, 3, 16, 12))
+    assert out.shape == (2, 3)
+
+
+def test_misspelled_key_appended_fails_with_the_key_and_a_suggestion(make_cfg):
+    cfg = make_cfg(["+model.dropuot=0.1"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    msg = str(err.value)
+    assert "model.dropuot" in msg and "did you mean 'dropout'" in msg
+
+
+def test_misspelled_key_in_a_nested_target_and_top_level(make_cfg):
+    cfg = make_cfg(["+optim.optimizer.weigth_decay=0.1", "+sead=3", "+trainer.max_epoch=3"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    msg = str(err.value)
+    assert "optim.optimizer.weigth_decay" in msg and "'weight_decay'" in msg
+    assert "sead" in msg and "'seed'" in msg
+    assert "trainer.max_epoch" in msg and "'max_epochs'" in msg
+
+
+def test_misspelled_override_is_refused_by_hydra(make_cfg):
+    with pytest.raises(ConfigCompositionException, match="dropuot"):
+        make_cfg(["model.dropuot=0.1"])
+
+
+def test_negative_learning_rate_fails_with_a_clear_message(make_cfg):
+    cfg = make_cfg(["optim.optimizer.lr=-0.1"])
+    with pytest.raises(ConfigError, match=r"optim\.optimizer\.lr: must be > 0, got -0\.1"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.optimizer.weight_decay=-1", "optim.optimizer.weight_decay: must be >= 0"),
+        ("optim.pool_lr_mult=-2", "optim.pool_lr_mult: must be >= 0"),
+        ("optim.scheduler=linear", "optim.scheduler: unknown schedule 'linear'"),
+        ("model.dropout=1.5", "model.dropout: must be >= 0 and < 1"),
+        ("module.label_smoothing=1.0", "module.label_smoothing"),
+        ("data.batch_size=0", "data.batch_size: must be >= 1"),
+        ("trainer.max_epochs=0", "trainer.max_epochs"),
+        ("features.enabled=sometimes", "features.enabled"),
+        ("seed=abc", "seed: must be an integer"),
+    ],
+)
+def test_bad_values_fail_with_clear_messages(override, expected, make_cfg):
+    cfg = make_cfg([override])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert expected in str(err.value)
+
+
+def test_unknown_pool_name_lists_the_available_ones(make_cfg):
+    with pytest.raises(MissingConfigException) as err:
+        make_cfg(["pool=hybrid_scalr"])
+    assert "hybrid_scalar" in str(err.value) and "gem" in str(err.value)
+
+
+def test_unknown_pool_spec_in_the_classifier_lists_known_names():
+    from hybridpool.models import Classifier, SmallCNN
+
+    with pytest.raises(ValueError) as err:
+        Classifier(SmallCNN(3, (8,)), "gemm", num_classes=2)
+    assert "gem" in str(err.value) and "avg" in str(err.value)
+
+
+def test_unknown_target_is_reported(make_cfg):
+    cfg = make_cfg(["model.backbone._target_=hybridpool.models.NoSuchNet"])
+    with pytest.raises(ConfigError, match=r"model\.backbone\._target_: cannot import"):
+        validate_config(cfg)

@@ -1,0 +1,68 @@
+"""results.json writing, and the W&B mode decision that never hangs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from hybridpool.loggers import resolve_wandb_mode, wandb_api_key_configured
+from hybridpool.records import RunRecord, read_results, to_jsonable, write_json_atomic
+
+
+def test_atomic_json_write_leaves_no_temporary_files(tmp_path):
+    path = write_json_atomic(tmp_path / "r" / "results.json", {"a": float("nan"), "b": [1, 2]})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+
+
+def test_run_record_lifecycle(tmp_path):
+    rec = RunRecord(tmp_path, {"seed": 3}, seed=3, task_name="t", tags=["x"])
+    rec.write()
+    assert read_results(tmp_path)["status"] == "running"
+    rec.complete({"test/acc": 0.5})
+    d = read_results(tmp_path)
+    assert d["status"] == "completed" and d["metrics"] == {"test/acc": 0.5} and d["wall_time_s"] >= 0
+    assert d["config"] == {"seed": 3} and "commit" in d["git"] and d["versions"]["torch"]
+    rec.fail(KeyboardInterrupt())
+    assert read_results(tmp_path)["status"] == "interrupted"
+
+
+def test_to_jsonable_handles_tensors():
+    import torch
+
+    assert to_jsonable({"x": torch.tensor(0.25), "p": tmp_path_like()}) == {"x": 0.25, "p": "/a/b"}
+
+
+def tmp_path_like():
+    from pathlib import Path
+
+    return Path("/a/b")
+
+
+def test_wandb_mode_offline_from_the_environment(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert resolve_wandb_mode("auto") == ("offline", "WANDB_MODE=offline")
+    assert resolve_wandb_mode("disabled")[0] == "disabled"
+
+
+def test_wandb_online_without_a_key_falls_back_to_offline_at_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    assert not wandb_api_key_configured()
+    t = time.perf_counter()
+    with pytest.warns(UserWarning, match="logging offline"):
+        mode, reason = resolve_wandb_mode("online")
+    assert mode == "offline" and "API key" in reason and time.perf_counter() - t < 1
+
+
+def test_wandb_unreachable_host_falls_back_within_the_probe_timeout(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    # non-routable: the connect hangs, or (behind an intercepting proxy) succeeds without a real server
+    monkeypatch.setenv("WANDB_BASE_URL", "https://10.255.255.1:9")
+    t = time.perf_counter()
+    mode, reason = resolve_wandb_mode("auto", timeout=0.5)
+    assert mode == "offline" and "not reachable" in reason and time.perf_counter() - t < 2
