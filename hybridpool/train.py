@@ -1,8 +1,8 @@
 """``hybridpool-train``: the Hydra entry point. compose -> instantiate -> fit/test -> one record per run.
 
-Run ``hybridpool-train`` (or ``python -m hybridpool.train``) with no arguments for the main job
-(``experiment=main``: a synthetic task, the small CNN, the scalar hybrid pool; no download, about two minutes
-on a 2-core CPU), or choose groups and keys on the command line::
+Run ``hybridpool-train`` (or ``python -m hybridpool.train``) with no arguments for the main job (train.yaml's
+defaults, also named ``experiment=main``: a synthetic task, the small CNN, the scalar hybrid pool; no download,
+about two minutes on a 2-core CPU), or choose groups and keys on the command line::
 
     hybridpool-train pool=gem data=fashion_mnist trainer.max_epochs=5
     hybridpool-train -m pool=avg,gem,hybrid_scalar seed=0,1,2
@@ -29,7 +29,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-__all__ = ["CONF_DIR_ENV", "MAIN_JOB", "compose_config", "config_dir", "main", "resolve_ckpt_path", "train"]
+__all__ = ["CONF_DIR_ENV", "compose_config", "config_dir", "main", "resolve_ckpt_path", "train"]
 
 CONF_DIR_ENV = "HYBRIDPOOL_CONF_DIR"
 
@@ -512,16 +512,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 #: what ``hybridpool-train`` runs when given no arguments at all
-MAIN_JOB = "experiment=main"
-
-
 def main() -> None:
-    """Console script ``hybridpool-train``; with no arguments it runs the main job (``experiment=main``)."""
+    """Console script ``hybridpool-train``; with no arguments it runs the main job (train.yaml's defaults)."""
     if _config_path_for_main() is None:
         config_dir()  # raises the explanatory FileNotFoundError
-    if len(sys.argv) == 1:
-        _say(f"no arguments: running the main job ({MAIN_JOB}; see conf/experiment/main.yaml)")
-        sys.argv.append(MAIN_JOB)
     _hydra_main()
 
 
