@@ -25,9 +25,7 @@ def check_feature_map(x: torch.Tensor, channels: int | None = None, input_fmt: s
         layout = "(B, C, H, W)" if input_fmt == "NCHW" else "(B, H, W, C)"
         raise ValueError(f"expected a 4-D feature map {layout}, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise TypeError(
-            f"expected a floating-point feature map (float16/bfloat16/float32/float64), got {x.dtype}"
-        )
+        raise TypeError(f"expected a floating-point feature map (float16/bfloat16/float32/float64), got {x.dtype}")
     if input_fmt == "NHWC":
         x = x.permute(0, 3, 1, 2)
     elif input_fmt != "NCHW":
@@ -35,9 +33,7 @@ def check_feature_map(x: torch.Tensor, channels: int | None = None, input_fmt: s
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"spatial size must be at least 1x1, got H={x.shape[2]}, W={x.shape[3]}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(
-            f"this pooling layer was built for {channels} channels, got a feature map with {x.shape[1]}"
-        )
+        raise ValueError(f"this pooling layer was built for {channels} channels, got a feature map with {x.shape[1]}")
     return x
 
 
@@ -120,3 +116,13 @@ def raw_from_positive(value: float | torch.Tensor, minimum: float) -> torch.Tens
     if bool((v <= 0).any()):
         raise ValueError(f"value must be greater than {minimum}, got {value}")
     return v + torch.log(-torch.expm1(-v))  # log(exp(v) - 1), stable for large v
+
+
+def scale_free_layer_norm(v: torch.Tensor) -> torch.Tensor:
+    """``layer_norm`` over the last dim of ``(B, D)``, after dividing by the max magnitude.
+
+    Layer norm does not depend on the scale of its input, but its variance overflows for activations near the top
+    of float16/bfloat16 range; dividing by the per-sample max first keeps it finite.
+    """
+    v = v / v.abs().amax(-1, keepdim=True).clamp_min(1e-12)
+    return nn.functional.layer_norm(v, v.shape[-1:])

@@ -73,6 +73,58 @@ def _log_exp(x: torch.Tensor):
     return torch.Tensor.log_, torch.Tensor.exp_
 
 
+def branch_forward(
+    x: torch.Tensor,
+    p: torch.Tensor,
+    weight: torch.Tensor,
+    log_temperature: torch.Tensor,
+    eps: float,
+    branches: tuple[bool, bool, bool, bool],
+    need_x_grad: bool = False,
+    need_p_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The forward maths of :class:`FusedBranches` (arguments as there), plus what backward needs.
+
+    Returns ``(descriptors (B, k, C), attn (B, heads, N) or empty, saved tensors for backward)``.
+    """
+    use_avg, use_max, use_gem, use_attn = branches
+    b, c, n = x.shape
+    log_into, exp_into = _log_exp(x)
+    outs: list[torch.Tensor] = []
+    saved: dict[str, torch.Tensor] = {}
+    if use_avg:
+        outs.append(x.mean(2))
+    if use_max or use_gem:
+        peak = x.amax(2, keepdim=True)  # (B, C, 1)
+        if use_max:
+            outs.append(peak.squeeze(2))
+            saved["peak"] = peak
+    if use_gem:
+        p_b = p.view(-1, 1) if p.dim() else p  # () or (C, 1), broadcasts over (B, C, N)
+        scale = peak.clamp_min(eps)
+        log_u = log_into(x.clamp_min(eps).div_(scale))  # log(u), u = clamp(x, eps) / max in (0, 1]
+        u_pow_p = exp_into(log_u * p_b)
+        s = u_pow_p.mean(2)  # (B, C), in [1/N, 1]
+        p_flat = p_b.squeeze(-1) if p.dim() else p
+        y = scale.squeeze(2) * s.pow(1.0 / p_flat)
+        outs.append(y)
+        saved.update(s=s, y=y)
+        if need_p_grad:
+            saved["t"] = log_u.mul_(u_pow_p).mean(2)  # mean(u^p log u), (B, C); log_u is not needed again
+        if need_x_grad:  # u^(p-1) = u^p * max / x, and 0 where the clamp cuts x off
+            saved["u_pow_pm1"] = u_pow_p.mul_(scale).div_(x).masked_fill_(x < eps, 0.0)
+    attn = x.new_empty(0)
+    if use_attn:
+        heads = weight.shape[0]
+        projected = torch.bmm(weight.expand(b, -1, -1), x)  # (B, heads, N); matmul would copy x
+        logits = projected * torch.exp(-log_temperature)
+        attn = torch.softmax(logits, dim=2)
+        grouped = x.view(b, heads, c // heads, n)
+        outs.append(torch.matmul(grouped, attn.unsqueeze(3)).view(b, c))
+        saved.update(attn=attn, logits=logits)
+    return torch.stack(outs, dim=1), attn, saved
+
+
 class FusedBranches(torch.autograd.Function):
     """Descriptors of the branches avg / max / gem / attn (any subset, in that order) in one pass.
 
@@ -89,49 +141,15 @@ class FusedBranches(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx, x, p, weight, log_temperature, eps: float, branches: tuple[bool, bool, bool, bool]
-    ):
-        use_avg, use_max, use_gem, use_attn = branches
-        b, c, n = x.shape
-        log_into, exp_into = _log_exp(x)
+    def forward(ctx, x, p, weight, log_temperature, eps: float, branches: tuple[bool, bool, bool, bool]):
         need_x_grad, need_p_grad = ctx.needs_input_grad[:2]
-        outs: list[torch.Tensor] = []
-        saved: dict[str, torch.Tensor] = {}
-        if use_avg:
-            outs.append(x.mean(2))
-        if use_max or use_gem:
-            peak = x.amax(2, keepdim=True)  # (B, C, 1)
-            if use_max:
-                outs.append(peak.squeeze(2))
-                saved["peak"] = peak
-        if use_gem:
-            p_b = p.view(-1, 1) if p.dim() else p  # () or (C, 1), broadcasts over (B, C, N)
-            scale = peak.clamp_min(eps)
-            log_u = log_into(x.clamp_min(eps).div_(scale))  # log(u), u = clamp(x, eps) / max in (0, 1]
-            u_pow_p = exp_into(log_u * p_b)
-            s = u_pow_p.mean(2)  # (B, C), in [1/N, 1]
-            p_flat = p_b.squeeze(-1) if p.dim() else p
-            y = scale.squeeze(2) * s.pow(1.0 / p_flat)
-            outs.append(y)
-            saved.update(s=s, y=y)
-            if need_p_grad:
-                saved["t"] = log_u.mul_(u_pow_p).mean(2)  # mean(u^p log u), (B, C); log_u is not needed again
-            if need_x_grad:  # u^(p-1) = u^p * max / x, and 0 where the clamp cuts x off
-                saved["u_pow_pm1"] = u_pow_p.mul_(scale).div_(x).masked_fill_(x < eps, 0.0)
-        attn = x.new_empty(0)
-        if use_attn:
-            heads = weight.shape[0]
-            projected = torch.bmm(weight.expand(b, -1, -1), x)  # (B, heads, N); matmul would copy x
-            logits = projected * torch.exp(-log_temperature)
-            attn = torch.softmax(logits, dim=2)
-            grouped = x.view(b, heads, c // heads, n)
-            outs.append(torch.matmul(grouped, attn.unsqueeze(3)).view(b, c))
-            saved.update(attn=attn, logits=logits)
+        descriptors, attn, saved = branch_forward(
+            x, p, weight, log_temperature, eps, branches, need_x_grad, need_p_grad
+        )
         ctx.branches = branches
         ctx.keys = tuple(saved)
         ctx.save_for_backward(x, p, weight, log_temperature, *saved.values())
-        return torch.stack(outs, dim=1), attn
+        return descriptors, attn
 
     @staticmethod
     def backward(ctx, grad_out, _grad_attn):
@@ -142,9 +160,7 @@ class FusedBranches(torch.autograd.Function):
         grads = iter(grad_out.unbind(1))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (
-                (next(grads) / n).unsqueeze(2).expand(b, c, n).clone() if use_avg else torch.zeros_like(x)
-            )
+            grad_x = (next(grads) / n).unsqueeze(2).expand(b, c, n).clone() if use_avg else torch.zeros_like(x)
         elif use_avg:
             next(grads)
         grad_p = grad_w = grad_log_t = None
@@ -157,9 +173,7 @@ class FusedBranches(torch.autograd.Function):
                     grad_x = torch.where(ties, grad_x + share, grad_x)
                 else:  # touches only the about B*C maxima: no full-size temporary
                     bi, ci, ni = ties.nonzero(as_tuple=True)
-                    counts = torch.zeros_like(g).index_put_(
-                        (bi, ci), torch.ones_like(bi, dtype=g.dtype), True
-                    )
+                    counts = torch.zeros_like(g).index_put_((bi, ci), torch.ones_like(bi, dtype=g.dtype), True)
                     grad_x.index_put_((bi, ci, ni), (g / counts)[bi, ci], accumulate=True)
         if use_gem:
             g = next(grads)
@@ -212,7 +226,9 @@ def pool_branches(
         return empty if t is None else t.to(flat.dtype)
 
     weight = weight.flatten(1) if weight is not None else None  # (heads, C, 1, 1) conv weights -> (heads, C)
-    descriptors, attn = FusedBranches.apply(
-        flat, cast(p), cast(weight), cast(log_temperature), float(eps), branches
-    )
+    args = (flat, cast(p), cast(weight), cast(log_temperature), float(eps), branches)
+    if torch.onnx.is_in_onnx_export():  # exporters trace plain ops; a custom autograd.Function has no ONNX form
+        descriptors, attn, _ = branch_forward(*args)
+    else:
+        descriptors, attn = FusedBranches.apply(*args)
     return descriptors.to(x.dtype), (attn.view(b, -1, h, w).to(x.dtype) if branches[3] else None)

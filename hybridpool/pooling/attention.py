@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import functional as F
-from ._base import PoolBase, check_channels
+from ._base import PoolBase, check_channels, scale_free_layer_norm
 
 
 def _logit_input(x: torch.Tensor) -> torch.Tensor:
@@ -37,9 +37,7 @@ class _TemperatureMixin(PoolBase):
 
     def _check_heads(self, channels: int, heads: int) -> None:
         if heads < 1 or channels % heads:
-            raise ValueError(
-                f"{type(self).__name__}: heads must divide channels ({channels}), got heads={heads}"
-            )
+            raise ValueError(f"{type(self).__name__}: heads must divide channels ({channels}), got heads={heads}")
 
 
 class AttentionPool(_TemperatureMixin):
@@ -122,9 +120,7 @@ class QueryAttentionPool(_TemperatureMixin):
         super().__init__(channels, flatten, input_fmt)
         self._check_heads(channels, heads)
         if query not in self.QUERIES:
-            raise ValueError(
-                f"QueryAttentionPool: unknown query {query!r}; accepted: {', '.join(self.QUERIES)}"
-            )
+            raise ValueError(f"QueryAttentionPool: unknown query {query!r}; accepted: {', '.join(self.QUERIES)}")
         self.heads = heads
         self.query_mode = query
         self.key = nn.Parameter(torch.empty(channels, channels))
@@ -142,8 +138,7 @@ class QueryAttentionPool(_TemperatureMixin):
         d = c // self.heads
         if self.query_mode == "gap":
             gap = F.global_avg_pool(x).to(self.query.weight.dtype)  # (B, C)
-            gap = gap / gap.abs().amax(1, keepdim=True).clamp_min(1e-12)  # layer_norm's variance cannot overflow
-            q = self.query(nn.functional.layer_norm(gap, (c,)))  # per-sample norm: q does not scale with x
+            q = self.query(scale_free_layer_norm(gap))  # per-sample norm: q does not scale with x
         else:
             q = self.query.expand(b, c)
         work = _logit_input(x)

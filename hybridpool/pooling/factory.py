@@ -45,9 +45,7 @@ def create_pool(spec: str, channels: int | None = None, **kwargs) -> PoolBase:
         TypeError: an argument the layer does not take (the message lists those it does).
     """
     if not isinstance(spec, str):
-        raise TypeError(
-            f"spec must be a string such as 'gem' or 'hybrid(avg,max)', got {type(spec).__name__}"
-        )
+        raise TypeError(f"spec must be a string such as 'gem' or 'hybrid(avg,max)', got {type(spec).__name__}")
     match = _HYBRID_SPEC.match(spec)
     if match:
         branches = [b.strip() for b in match.group("branches").split(",") if b.strip()]

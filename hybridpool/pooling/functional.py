@@ -46,9 +46,7 @@ def _channel_view(value: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
         return value
     if value.dim() == 1 and value.shape[0] == x.shape[1]:
         return value.view(1, -1, 1, 1)
-    raise ValueError(
-        f"expected a scalar or a per-channel ({x.shape[1]},) parameter, got shape {tuple(value.shape)}"
-    )
+    raise ValueError(f"expected a scalar or a per-channel ({x.shape[1]},) parameter, got shape {tuple(value.shape)}")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -72,9 +70,7 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> to
     """
     p_tensor = torch.as_tensor(p, dtype=_compute_dtype(x.dtype), device=x.device)
     if p_tensor.dim() > 1 or (p_tensor.dim() == 1 and p_tensor.shape[0] != x.shape[1]):
-        raise ValueError(
-            f"GeM p must be a scalar or per-channel ({x.shape[1]},), got shape {tuple(p_tensor.shape)}"
-        )
+        raise ValueError(f"GeM p must be a scalar or per-channel ({x.shape[1]},), got shape {tuple(p_tensor.shape)}")
     if isinstance(p, (int, float)) and p < 1:  # tensors are checked where they are made (GeM keeps p >= 1)
         raise ValueError(f"GeM needs p >= 1, got {p}")
     return pool_branches(x, (False, False, True, False), p=p_tensor, eps=eps)[0][:, 0]
@@ -126,7 +122,7 @@ def kmax_pool(x: torch.Tensor, k: int | float = 0.1) -> torch.Tensor:
     Returns:
         ``(B, C)``.
     """
-    n = x.shape[2] * x.shape[3]
+    n = int(x.shape[2]) * int(x.shape[3])  # a plain int also while an exporter traces shapes
     kk = resolve_k(k, n)
     flat = x.flatten(2)
     if kk == n:

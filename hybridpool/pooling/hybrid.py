@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ._base import PoolBase, check_channels
+from ._base import PoolBase, check_channels, scale_free_layer_norm
 from ._fused import pool_branches
 from .registry import SINGLE_POOLS, canonical_name
 
@@ -70,9 +70,7 @@ class HybridPool(PoolBase):
         check_channels(channels, "HybridPool", required=True)
         super().__init__(channels, flatten, input_fmt)
         if isinstance(branches, str):
-            raise TypeError(
-                f"branches must be a sequence of names such as ('avg', 'gem'), got the string {branches!r}"
-            )
+            raise TypeError(f"branches must be a sequence of names such as ('avg', 'gem'), got the string {branches!r}")
         if len(branches) < 1:
             raise ValueError("HybridPool needs at least one branch")
         if mixing not in MIXING_MODES:
@@ -84,14 +82,9 @@ class HybridPool(PoolBase):
         branch_kwargs = dict(branch_kwargs or {})
         unknown = set(branch_kwargs) - set(names)
         if unknown:
-            raise ValueError(
-                f"branch_kwargs for {sorted(unknown)}, which are not branches; branches: {names}"
-            )
+            raise ValueError(f"branch_kwargs for {sorted(unknown)}, which are not branches; branches: {names}")
         self.branches = nn.ModuleDict(
-            {
-                name: SINGLE_POOLS[layer](channels, **branch_kwargs.get(name, {}))
-                for name, layer in layer_of.items()
-            }
+            {name: SINGLE_POOLS[layer](channels, **branch_kwargs.get(name, {})) for name, layer in layer_of.items()}
         )
         self.mixing = mixing
         self.init = init
@@ -103,9 +96,7 @@ class HybridPool(PoolBase):
             if "avg" not in names:
                 raise ValueError(f"init='gap' needs an 'avg' branch; branches: {names}")
             if mixing == "concat":
-                raise ValueError(
-                    "init='gap' is not available with mixing='concat' (its output is wider than GAP's)"
-                )
+                raise ValueError("init='gap' is not available with mixing='concat' (its output is wider than GAP's)")
             self.blend = nn.Parameter(torch.zeros(()))
         if mixing == "scalar":
             self.mix_logits = nn.Parameter(torch.zeros(n))
@@ -113,8 +104,7 @@ class HybridPool(PoolBase):
             self.mix_logits = nn.Parameter(torch.zeros(n, channels))
         elif mixing == "gate":
             self.mix_logits = nn.Parameter(torch.zeros(n))  # the input-independent part of the gate
-            self.gate = nn.Sequential(
-                nn.LayerNorm(n * channels, elementwise_affine=False),
+            self.gate = nn.Sequential(  # applied to scale_free_layer_norm(descriptors)
                 nn.Linear(n * channels, gate_hidden),
                 nn.ReLU(inplace=True),
                 nn.Linear(gate_hidden, n),
@@ -145,9 +135,7 @@ class HybridPool(PoolBase):
         extras = {} if attn_map is None else {f"{self._fusable['attn']}.attn": attn_map}
         return dict(zip(names, descriptors.unbind(1), strict=True)), extras
 
-    def _descriptors(
-        self, x: torch.Tensor, need_extras: bool
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _descriptors(self, x: torch.Tensor, need_extras: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``x`` ``(B, C, H, W)`` -> branch descriptors ``(B, n, C)`` and the branches' extras, keyed by branch."""
         outs, extras = {}, {}
         if self.fused and len(self._fusable) > 1:
@@ -162,7 +150,7 @@ class HybridPool(PoolBase):
         """Effective mixing weights: ``(n,)`` scalar, ``(n, C)`` channel or ``(B, n)`` gate; they sum to 1 over n."""
         logits = self.mix_logits
         if self.mixing == "gate":
-            logits = logits + self.gate(descriptors.flatten(1).to(logits.dtype))  # (B, n)
+            logits = logits + self.gate(scale_free_layer_norm(descriptors.flatten(1).to(logits.dtype)))  # (B, n)
         branch_dim = -2 if self.mixing == "channel" else -1
         return self._blend_with_gap(torch.softmax(logits, dim=branch_dim), branch_dim)
 
@@ -195,9 +183,7 @@ class HybridPool(PoolBase):
             if weights is not None:
                 b, n = descriptors.shape[:2]
                 extras["mix"] = (
-                    weights.expand(b, *weights.shape[-2:])
-                    if self.mixing == "channel"
-                    else (weights.expand(b, n))
+                    weights.expand(b, *weights.shape[-2:]) if self.mixing == "channel" else (weights.expand(b, n))
                 )
         return out, extras
 

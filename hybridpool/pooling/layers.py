@@ -77,9 +77,7 @@ class _LearnablePositive(PoolBase):
         learn = "learnable" if hasattr(self, "raw") else "fixed"
         shape = "per-channel" if self.per_channel else "scalar"
         mean = float(self.value.detach().float().mean())
-        return ", ".join(
-            s for s in (super().extra_repr(), f"{self._name}={mean:.3g} ({shape}, {learn})") if s
-        )
+        return ", ".join(s for s in (super().extra_repr(), f"{self._name}={mean:.3g} ({shape}, {learn})") if s)
 
 
 class GeM(_LearnablePositive):

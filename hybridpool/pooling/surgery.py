@@ -78,20 +78,23 @@ def swap_global_pool(model: nn.Module, pool: PoolBase) -> nn.Module:
     """
     if not isinstance(pool, PoolBase):
         raise TypeError(f"pool must be a hybridpool layer (see create_pool), got {type(pool).__name__}")
-    pool.flatten = True
+    pool.flatten = True  # torchvision flattens after the pool; timm's layout is read from its own pool below
     cls = type(model).__name__
     module_path = type(model).__module__
     if module_path.startswith("timm.") and hasattr(model, "get_classifier"):
         return _swap_timm(model, pool)
+    if hasattr(model, "avgpool") and not _is_global(model.avgpool):
+        raise TypeError(
+            f"{cls}.avgpool is {model.avgpool!r}, not a global pool (its output feeds the classifier as a map), so a "
+            f"global pool cannot replace it; supported: {SUPPORTED}"
+        )
     if hasattr(model, "avgpool") and isinstance(getattr(model, "fc", None), nn.Linear):  # ResNet family
         _check_width(pool, model.fc.in_features, model)
         model.avgpool = pool
         if pool.feat_mult() != 1:
             _replace_linear(model, "fc", pool)
         return model
-    if (
-        hasattr(model, "avgpool") and hasattr(model, "classifier") and hasattr(model, "features")
-    ):  # V3, EfficientNet
+    if hasattr(model, "avgpool") and hasattr(model, "classifier") and hasattr(model, "features"):  # V3, EfficientNet
         _check_width(pool, _first_in_features(model.classifier), model)
         model.avgpool = pool
         if pool.feat_mult() != 1:
@@ -104,9 +107,15 @@ def swap_global_pool(model: nn.Module, pool: PoolBase) -> nn.Module:
         if pool.feat_mult() != 1:
             _replace_linear(model, "classifier", pool)
         return model
-    raise TypeError(
-        f"swap_global_pool does not know where {cls} ({module_path}) pools; supported: {SUPPORTED}"
-    )
+    raise TypeError(f"swap_global_pool does not know where {cls} ({module_path}) pools; supported: {SUPPORTED}")
+
+
+def _is_global(pool: nn.Module) -> bool:
+    """A torchvision model's ``avgpool``: a global (1x1 output) adaptive pool, or a hybridpool layer already."""
+    if isinstance(pool, PoolBase):
+        return True
+    size = getattr(pool, "output_size", None)
+    return isinstance(pool, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d) and size in (1, (1, 1), [1, 1])
 
 
 def _first_in_features(head: nn.Module) -> int:
@@ -123,18 +132,22 @@ def _swap_timm(model: nn.Module, pool: PoolBase) -> nn.Module:
             f"timm model {type(model).__name__} has no global_pool module to replace; supported: {SUPPORTED}"
         )
     _check_width(pool, model.num_features, model)
-    pool.input_fmt = (
-        getattr(old, "input_fmt", "NCHW") if isinstance(getattr(old, "input_fmt", None), str) else "NCHW"
-    )
+    norm = getattr(owner, "norm", None)
+    if pool.feat_mult() != 1 and isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
+        raise TypeError(
+            f"{type(model).__name__}'s head normalises the pooled features ({type(norm).__name__}) before its "
+            f"classifier, so a pool with feat_mult()={pool.feat_mult()} cannot be swapped in; use a mixing mode with "
+            f"feat_mult() == 1. supported: {SUPPORTED}"
+        )
+    fmt = getattr(old, "input_fmt", "NCHW")
+    pool.input_fmt = fmt if fmt in ("NCHW", "NHWC") else "NCHW"
+    # Keep the old pool's output rank: timm heads that normalise the pooled map expect (B, C, 1, 1).
+    pool.flatten = isinstance(getattr(old, "flatten", nn.Flatten()), nn.Flatten)
     owner.global_pool = pool
-    if hasattr(owner, "flatten") and isinstance(owner.flatten, nn.Module):
-        owner.flatten = nn.Identity()  # the pool already returns (B, C * feat_mult())
     if pool.feat_mult() != 1:
         classifier = model.get_classifier()
         if not isinstance(classifier, nn.Linear):
-            raise TypeError(
-                f"cannot widen the classifier {type(classifier).__name__} of {type(model).__name__}"
-            )
+            raise TypeError(f"cannot widen the classifier {type(classifier).__name__} of {type(model).__name__}")
         for parent in model.modules():
             for name, child in parent.named_children():
                 if child is classifier:
