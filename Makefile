@@ -9,7 +9,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench paper clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python scripts/bench_pooling.py
+
+# Tables and figures from the committed results records (paper/results), then paper/main.pdf (installs TeX if missing)
+paper: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/build_paper.sh
 
 clean:
 	rm -rf $(VENV) outputs multirun wandb .pytest_cache

@@ -66,11 +66,13 @@ def _mobilenet_v2_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def swap_global_pool(model: nn.Module, pool: PoolBase) -> nn.Module:
     """Replace the global pool of ``model`` by ``pool``, in place, and return the model.
 
-    Handles torchvision ResNet-family (``avgpool`` + ``fc``), MobileNetV3 and EfficientNet (``avgpool`` +
+    Handles torchvision ResNet-family (``avgpool`` + ``fc``), MobileNetV3, EfficientNet and ConvNeXt (``avgpool`` +
     ``classifier``), MobileNetV2 (whose pooling is a function call: the model gets a ``global_pool`` module and a
     forward that uses it), and timm models (``global_pool`` directly or in ``head``, classifier from
-    ``get_classifier()``). When ``pool.feat_mult() != 1`` the classifier's first linear layer is widened to match.
-    Use ``HybridPool(..., init="gap")`` to keep a trained model's outputs unchanged at step 0.
+    ``get_classifier()``). The pool keeps the output rank the model expects (``(B, C, 1, 1)`` or ``(B, C)``). When
+    ``pool.feat_mult() != 1`` the classifier's first linear layer is widened to match; a model that transforms the
+    pooled features before that layer (a norm, a 1x1 conv head) is refused instead. Use
+    ``HybridPool(..., init="gap")`` to keep a trained model's outputs unchanged at step 0.
 
     Raises:
         TypeError: the model's layout is not one of those above (nothing is guessed).
@@ -78,11 +80,11 @@ def swap_global_pool(model: nn.Module, pool: PoolBase) -> nn.Module:
     """
     if not isinstance(pool, PoolBase):
         raise TypeError(f"pool must be a hybridpool layer (see create_pool), got {type(pool).__name__}")
-    pool.flatten = True  # torchvision flattens after the pool; timm's layout is read from its own pool below
     cls = type(model).__name__
     module_path = type(model).__module__
     if module_path.startswith("timm.") and hasattr(model, "get_classifier"):
         return _swap_timm(model, pool)
+    pool.flatten = False  # like torchvision's AdaptiveAvgPool2d; the model flattens (or normalises) after it
     if hasattr(model, "avgpool") and not _is_global(model.avgpool):
         raise TypeError(
             f"{cls}.avgpool is {model.avgpool!r}, not a global pool (its output feeds the classifier as a map), so a "
@@ -94,20 +96,45 @@ def swap_global_pool(model: nn.Module, pool: PoolBase) -> nn.Module:
         if pool.feat_mult() != 1:
             _replace_linear(model, "fc", pool)
         return model
-    if hasattr(model, "avgpool") and hasattr(model, "classifier") and hasattr(model, "features"):  # V3, EfficientNet
+    has_head = hasattr(model, "classifier") and hasattr(model, "features")
+    if has_head and (hasattr(model, "avgpool") or cls == "MobileNetV2"):  # V2, V3, EfficientNet, ConvNeXt
         _check_width(pool, _first_in_features(model.classifier), model)
-        model.avgpool = pool
-        if pool.feat_mult() != 1:
-            _replace_linear(model, "classifier", pool)
-        return model
-    if cls == "MobileNetV2" and hasattr(model, "features") and hasattr(model, "classifier"):
-        _check_width(pool, _first_in_features(model.classifier), model)
-        model.global_pool = pool
-        model.forward = types.MethodType(_mobilenet_v2_forward, model)
+        _require_direct_classifier(cls, _before_first_linear(model.classifier), pool)
+        if hasattr(model, "avgpool"):
+            model.avgpool = pool
+        else:
+            model.global_pool = pool
+            model.forward = types.MethodType(_mobilenet_v2_forward, model)
         if pool.feat_mult() != 1:
             _replace_linear(model, "classifier", pool)
         return model
     raise TypeError(f"swap_global_pool does not know where {cls} ({module_path}) pools; supported: {SUPPORTED}")
+
+
+_PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Dropout)
+
+
+def _before_first_linear(head: nn.Module) -> list[nn.Module]:
+    """The modules a classifier applies before its first ``nn.Linear``."""
+    if isinstance(head, nn.Linear):
+        return []
+    before = []
+    for child in head.children():
+        if isinstance(child, nn.Linear):
+            break
+        before.append(child)
+    return before
+
+
+def _require_direct_classifier(name: str, between: list[nn.Module], pool: PoolBase) -> None:
+    """A pool ``feat_mult()`` times wider needs its output to reach a linear layer unchanged."""
+    blockers = [type(m).__name__ for m in between if not isinstance(m, _PASS_THROUGH)]
+    if pool.feat_mult() != 1 and blockers:
+        raise TypeError(
+            f"{name} applies {', '.join(blockers)} to the pooled features before its classifier's linear layer, so a "
+            f"pool with feat_mult()={pool.feat_mult()} cannot be swapped in; use a mixing mode with feat_mult() == 1. "
+            f"supported: {SUPPORTED}"
+        )
 
 
 def _is_global(pool: nn.Module) -> bool:
@@ -132,20 +159,17 @@ def _swap_timm(model: nn.Module, pool: PoolBase) -> nn.Module:
             f"timm model {type(model).__name__} has no global_pool module to replace; supported: {SUPPORTED}"
         )
     _check_width(pool, model.num_features, model)
-    norm = getattr(owner, "norm", None)
-    if pool.feat_mult() != 1 and isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
-        raise TypeError(
-            f"{type(model).__name__}'s head normalises the pooled features ({type(norm).__name__}) before its "
-            f"classifier, so a pool with feat_mult()={pool.feat_mult()} cannot be swapped in; use a mixing mode with "
-            f"feat_mult() == 1. supported: {SUPPORTED}"
-        )
+    classifier = model.get_classifier()
+    children = list(owner.children())
+    after_pool = children[children.index(old) + 1 :]
+    between = after_pool[: after_pool.index(classifier)] if classifier in after_pool else after_pool
+    _require_direct_classifier(type(model).__name__, between, pool)
     fmt = getattr(old, "input_fmt", "NCHW")
     pool.input_fmt = fmt if fmt in ("NCHW", "NHWC") else "NCHW"
     # Keep the old pool's output rank: timm heads that normalise the pooled map expect (B, C, 1, 1).
     pool.flatten = isinstance(getattr(old, "flatten", nn.Flatten()), nn.Flatten)
     owner.global_pool = pool
     if pool.feat_mult() != 1:
-        classifier = model.get_classifier()
         if not isinstance(classifier, nn.Linear):
             raise TypeError(f"cannot widen the classifier {type(classifier).__name__} of {type(model).__name__}")
         for parent in model.modules():

@@ -130,7 +130,7 @@ def test_concat_hybrid_widens_the_classifier_and_starts_as_gap(kind, name):
     with torch.no_grad():
         out = model(x)
         assert_same_logits(out, before)  # the avg block got the old weights, the others start at zero
-        assert rec.calls[0][1].shape == (2, 4 * channels)
+        assert rec.calls[0][1].flatten(1).shape == (2, 4 * channels)  # (B, 4C) or (B, 4C, 1, 1), as the model had
         linear.weight[:, :channels].normal_()  # the max block: the extra features really reach the classifier
         assert clearly_differ(model(x), before)
 
@@ -138,15 +138,15 @@ def test_concat_hybrid_widens_the_classifier_and_starts_as_gap(kind, name):
 @pytest.mark.parametrize(("kind", "name"), CORE, ids=CORE_IDS)
 def test_gem_swap_pools_the_feature_map_with_gem(kind, name):
     model, channels, x, before = build_model(kind, name, 0)
-    pool = GeM(channels, p=4.0, flatten=False)  # the swap makes it flatten
+    pool = GeM(channels, p=4.0, flatten=False)  # the swap sets the output rank the model expects
     swap_global_pool(model, pool)
     rec = Recorder(pool)
     with torch.no_grad():
         out = model(x)
     assert out.shape == (2, NUM_CLASSES)
     feats, pooled = rec.calls[0]
-    assert pooled.shape == (2, channels)
-    torch.testing.assert_close(pooled.double(), ref_gem(feats, 4.0), rtol=1e-5, atol=1e-6)
+    assert pooled.shape in ((2, channels), (2, channels, 1, 1))
+    torch.testing.assert_close(pooled.flatten(1).double(), ref_gem(feats, 4.0), rtol=1e-5, atol=1e-6)
     assert clearly_differ(out, before)
 
 
@@ -199,18 +199,38 @@ def test_a_model_whose_pool_is_not_global_is_refused_not_guessed():
         swap_global_pool(model, GlobalAvgPool())
 
 
-@pytest.mark.parametrize("name", ["convnext_atto", "mobilenetv3_small_050"])
-def test_timm_models_with_a_head_after_the_pool(name):
-    """timm models whose head works on the (B, C, 1, 1) pooled map (ConvNeXt's norm; MobileNetV3's conv_head too):
-    the swap must either refuse with a TypeError or give a model that runs and still computes the same logits."""
-    model = timm_model(name)
-    x = images(3)
+def test_torchvision_convnext_is_swapped_correctly_or_refused():
+    """torchvision ConvNeXt pools globally (avgpool) but its classifier starts with a LayerNorm2d over the pooled
+    (B, C, 1, 1) map. The swap must either refuse with a TypeError or keep the model working, with its logits."""
+    torch.manual_seed(0)
+    model = torchvision.models.convnext_tiny(weights=None, num_classes=NUM_CLASSES).eval()
+    x = images(4)
     with torch.no_grad():
         before = model(x)
     try:
-        swap_global_pool(model, HybridPool(model.num_features, branches=("avg", "gem"), init="gap"))
+        swap_global_pool(model, GlobalAvgPool(768))
     except TypeError as err:
         assert "supported" in str(err)
         return
+    with torch.no_grad():
+        out = model(x)
+    torch.testing.assert_close(out, before, rtol=1e-5, atol=1e-5 * float(before.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "mobilenetv3_small_050"])
+@pytest.mark.parametrize("mixing", ["scalar", "concat"])
+def test_timm_models_with_a_head_after_the_pool(name, mixing):
+    """timm models whose head works on the pooled (B, C, 1, 1) map: ConvNeXt normalises it (head.norm), MobileNetV3
+    runs a 1x1 conv_head on it. A GAP-initialised hybrid must swap in and keep the logits; a concat hybrid (wider
+    output) must either be refused with a TypeError or give a model that runs and keeps the logits at step 0."""
+    model, channels, x, before = build_model("timm", name, 0)
+    if mixing == "scalar":
+        swap_global_pool(model, HybridPool(channels, branches=("avg", "gem", "attn"), init="gap"))
+    else:
+        try:
+            swap_global_pool(model, create_pool("hybrid(max,avg)", channels=channels, mixing="concat"))
+        except TypeError as err:
+            assert "supported" in str(err)
+            return
     with torch.no_grad():
         assert_same_logits(model(x), before)

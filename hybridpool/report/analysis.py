@@ -1,0 +1,238 @@
+"""From cells to numbers: per-cell means with CIs, paired comparisons against the baseline pool, Holm.
+
+:func:`analyse` turns a :class:`~hybridpool.report.records.Study` into an :class:`Analysis` that the tables,
+figures and summaries render; every number they print comes from here (and so from :mod:`.stats`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from hybridpool.report.records import COMPLETED, Cell, Study
+from hybridpool.report.stats import MeanCI, PairedComparison, holm, mean_ci, paired_comparison
+
+__all__ = ["Analysis", "CellSummary", "Comparison", "analyse", "cell_order", "cost_rows", "pool_internals", "pool_name"]
+
+POOL_NAMES = {
+    "avg": "GAP",
+    "max": "GMP",
+    "gem": "GeM",
+    "gem_channel": "GeM (per-channel $p$)",
+    "lse": "LSE",
+    "kmax": "$k$-max",
+    "attn": "Attention",
+    "qattn": "Query attention",
+    "hybrid_scalar": "Hybrid (scalar)",
+    "hybrid_channel": "Hybrid (channel)",
+    "hybrid_gate": "Hybrid (gate)",
+    "hybrid_concat": "Hybrid (concat)",
+    "flatten_fc": "Flatten + FC",
+}
+
+
+POOL_ORDER = list(POOL_NAMES)
+
+
+def cell_order(cell: Cell, baseline: str) -> tuple:
+    """Sort key: the baseline first, then the pools in :data:`POOL_ORDER`, unknown pools by name, then arms."""
+    rank = POOL_ORDER.index(cell.pool) if cell.pool in POOL_ORDER else len(POOL_ORDER)
+    return (cell.block, cell.pool != baseline, rank, cell.pool, cell.arm_label)
+
+
+def pool_name(pool: str, latex: bool = False) -> str:
+    """Display name of a pool config name (``avg`` -> ``GAP``); LaTeX math only when ``latex``."""
+    name = POOL_NAMES.get(pool, pool)
+    if not latex:
+        name = name.replace("$k$", "k").replace("$p$", "p")
+    return name
+
+
+@dataclass
+class CellSummary:
+    """The metric of one cell over its completed seeds.
+
+    ``values``: ``{seed: value}``; ``ci``: their mean and t-interval; ``expected``: seeds the block ran;
+    ``not_used``: ``{seed: why}`` for expected seeds without a usable value (failed, missing, ...).
+    """
+
+    cell: Cell
+    values: dict[int, float]
+    ci: MeanCI
+    expected: tuple[int, ...]
+    not_used: dict[int, str]
+
+    @property
+    def n_label(self) -> str:
+        return f"{len(self.values)}/{len(self.expected)}"
+
+
+@dataclass
+class Comparison:
+    """A cell against its baseline cell (paired by seed), with Holm-adjusted p-values."""
+
+    cell: Cell
+    baseline: Cell
+    result: PairedComparison
+
+
+@dataclass
+class Analysis:
+    """Everything the report prints. ``metric``: the compared metric; ``baseline``: the baseline pool."""
+
+    study: Study
+    metric: str
+    baseline: str
+    level: float
+    summaries: list[CellSummary]
+    comparisons: list[Comparison]
+    notes: list[str] = field(default_factory=list)
+
+    def summary_of(self, cell: Cell) -> CellSummary:
+        for s in self.summaries:
+            if s.cell is cell:
+                return s
+        raise KeyError(cell.key)
+
+    def comparison_of(self, cell: Cell) -> Comparison | None:
+        for c in self.comparisons:
+            if c.cell is cell:
+                return c
+        return None
+
+
+def _why_not_used(cell: Cell, seed: int, metric: str) -> str:
+    runs = [r for r in cell.runs if r.seed == seed]
+    if not runs:
+        return "missing"
+    statuses = sorted({r.status for r in runs})
+    if COMPLETED in statuses:
+        return f"no {metric}"
+    return "/".join(statuses)
+
+
+def _baseline_for(cell: Cell, baselines: list[Cell]) -> tuple[Cell | None, str]:
+    """The baseline cell of the same block whose arm values match ``cell`` on the keys baselines differ in."""
+    if not baselines:
+        return None, "no baseline runs in this block"
+    varying = [
+        k
+        for k in {k for b in baselines for k in b.arms}
+        if len({json.dumps(b.arms.get(k), default=str) for b in baselines}) > 1
+    ]
+    matches = [b for b in baselines if all(b.arms.get(k) == cell.arms.get(k) for k in varying)]
+    if len(matches) == 1:
+        return matches[0], ""
+    if not matches:
+        return None, "no baseline cell with the same " + ", ".join(varying)
+    return None, f"{len(matches)} baseline cells match; cannot pair"
+
+
+def analyse(study: Study, metric: str = "test/acc", baseline: str = "avg", level: float = 0.95) -> Analysis:
+    """Per-cell means and CIs of ``metric``; each non-baseline cell against the ``baseline`` pool, paired by seed.
+
+    Holm's correction runs over the comparisons of one block (task x dataset x backbone), separately for the
+    t-test and the signed-rank test.
+    """
+    summaries = []
+    for c in study.cells:
+        values = c.completed(metric)
+        not_used = {s: _why_not_used(c, s, metric) for s in c.expected_seeds if s not in values}
+        summaries.append(CellSummary(c, values, mean_ci(list(values.values()), level), c.expected_seeds, not_used))
+    comparisons: list[Comparison] = []
+    notes: list[str] = []
+    for block, cells in study.blocks().items():
+        base_cells = [c for c in cells if c.pool == baseline]
+        family: list[Comparison] = []
+        for c in cells:
+            if c.pool == baseline:
+                continue
+            b, why = _baseline_for(c, base_cells)
+            if b is None:
+                notes.append(f"{'/'.join(block)}: {c.label}: not compared ({why})")
+                continue
+            family.append(Comparison(c, b, paired_comparison(c.completed(metric), b.completed(metric), level)))
+        pt = holm([f.result.p_t for f in family])
+        pw = holm([f.result.p_w for f in family])
+        for f, a, w in zip(family, pt, pw, strict=True):
+            f.result = replace(f.result, p_t_holm=a, p_w_holm=w)
+        comparisons.extend(family)
+    if not any(c.pool == baseline for c in study.cells) and study.cells:
+        notes.append(f"no runs of the baseline pool {baseline!r}: no paired comparisons")
+    return Analysis(study, metric, baseline, level, summaries, comparisons, notes)
+
+
+def pool_internals(study: Study) -> list[dict[str, Any]]:
+    """Final pool internals per cell (mixing weights, GeM p, LSE r, attention entropy): mean and SD over seeds.
+
+    One row per (cell, quantity): ``{"cell", "quantity", "n", "mean", "sd"}``; the SD across seeds says how
+    stable the learned value is.
+    """
+    rows = []
+    for c in study.cells:
+        by_key: dict[str, list[float]] = defaultdict(list)
+        for r in c.completed_runs():
+            for k, v in r.metrics.items():
+                if k.startswith("pool/") and not k.endswith(("_std", "_sample_std")):
+                    by_key[k].append(v)
+        for k in sorted(by_key):
+            vals = np.asarray(by_key[k], dtype=float)
+            rows.append(
+                {
+                    "cell": c,
+                    "quantity": k[len("pool/") :],
+                    "n": int(vals.size),
+                    "mean": float(vals.mean()),
+                    "sd": float(vals.std(ddof=1)) if vals.size > 1 else math.nan,
+                }
+            )
+    return rows
+
+
+def cost_rows(study: Study) -> list[dict[str, Any]]:
+    """Parameter counts and time per epoch per cell (completed runs).
+
+    Parameters come from the record's ``model.params`` (``total``, ``trainable``, ``pool``, ``head``...);
+    time per epoch from a recorded ``time/epoch_s`` metric, else ``timing.fit_s / epochs`` (fit time, with
+    validation), else ``wall_time_s / epochs`` (with set-up and testing: an upper bound); ``time_source`` says
+    which.
+    """
+    rows = []
+    for c in study.cells:
+        done = c.completed_runs()
+        if not done:
+            continue
+        params: dict[str, int] = {}
+        for r in done:
+            if r.params:
+                params = {k: int(v) for k, v in r.params.items() if isinstance(v, (int, float))}
+                break
+        epoch_times = [r.metrics["time/epoch_s"] for r in done if "time/epoch_s" in r.metrics]
+        source = "time/epoch_s"
+        if not epoch_times:
+            source = "fit time / epochs"
+            epoch_times = [
+                r.timing["fit_s"] / r.metrics["epochs"]
+                for r in done
+                if r.timing.get("fit_s") and r.metrics.get("epochs", 0) > 0
+            ]
+        if not epoch_times:
+            source = "wall time / epochs"
+            epoch_times = [
+                r.wall_time_s / r.metrics["epochs"] for r in done if r.wall_time_s and r.metrics.get("epochs", 0) > 0
+            ]
+        rows.append(
+            {
+                "cell": c,
+                "params": params,
+                "epoch_time": mean_ci(epoch_times) if epoch_times else None,
+                "time_source": source if epoch_times else "not recorded",
+                "wall_time": mean_ci([r.wall_time_s for r in done if r.wall_time_s is not None]),
+            }
+        )
+    return rows

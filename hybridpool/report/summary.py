@@ -1,0 +1,137 @@
+"""The human-readable summaries: ``summary.md`` and a self-contained ``summary.html`` (same content).
+
+Failed, unfinished and missing runs come first, before any mean, so a reader never takes an average of what
+happened to finish for the whole study.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from hybridpool.report.analysis import Analysis, pool_name
+from hybridpool.report.latex import comparison_sentences
+from hybridpool.report.tables import PIPELINE_CHECK, Table, problem_line, to_html, to_markdown
+
+__all__ = ["write_summaries"]
+
+FIGURE_TITLES = {
+    "accuracy": "Accuracy per pool and dataset (mean and CI over seeds)",
+    "paired": "Paired per-seed differences to the baseline",
+    "mixing_weights": "Mixing weights over training",
+    "gem_p": "GeM p over training",
+    "attention_grid": "Attention maps",
+    "cost": "Parameters and time per epoch",
+}
+
+
+def _blocks(analysis: Analysis, tables: dict[str, Table], figures: dict[str, list[Path]], command: str) -> list:
+    """The summary as a list of ``(kind, payload)``: heading, para, list, table, figure."""
+    study = analysis.study
+    counts = study.counts()
+    out: list[tuple[str, object]] = [("h1", "hybridpool report")]
+    if study.fixture:
+        out.append(("warn", f"{PIPELINE_CHECK}: these records are fake fixtures; no number here is a finding."))
+    out.append(
+        (
+            "para",
+            f"{len(study.runs)} runs in {len(study.cells)} cells ({len(study.blocks())} dataset blocks); metric "
+            f"{analysis.metric}, baseline {pool_name(analysis.baseline)}, {round(100 * analysis.level)}% t-intervals. "
+            f"Completed {counts.get('completed', 0)}, failed {counts.get('failed', 0)}, interrupted "
+            f"{counts.get('interrupted', 0)}, unfinished {counts.get('running', 0)}, missing "
+            f"{counts.get('missing', 0)}. Made with: {command}",
+        )
+    )
+    out.append(("h2", "Failed, unfinished and missing runs"))
+    if study.problems:
+        out.append(("list", [problem_line(p) for p in study.problems]))
+    else:
+        out.append(("para", "None: every expected run completed."))
+    if analysis.notes:
+        out.append(("list", analysis.notes))
+    out.append(("table", tables["status"]))
+    out.append(("table", tables["setup"]))
+    out.append(("h2", "Results"))
+    out.append(("table", tables["overview"]))
+    for name, t in tables.items():
+        if name.startswith("results-"):
+            out.append(("table", t))
+    sentences = comparison_sentences(analysis)
+    if sentences:
+        out.append(("h3", f"Comparisons with {pool_name(analysis.baseline)}"))
+        out.append(("list", sentences))
+    out.append(("h2", "Figures"))
+    for name, paths in figures.items():
+        png = [p for p in paths if p.suffix == ".png"]
+        if png:
+            out.append(("figure", (FIGURE_TITLES.get(name, name), png[0])))
+    out.append(("h2", "Pool internals"))
+    out.append(("table", tables["internals"]))
+    out.append(("h2", "Cost"))
+    out.append(("table", tables["cost"]))
+    return out
+
+
+def _markdown(blocks: list, base: Path) -> str:
+    lines = []
+    for kind, payload in blocks:
+        if kind in ("h1", "h2", "h3"):
+            lines.append("#" * int(kind[1]) + f" {payload}\n")
+        elif kind == "warn":
+            lines.append(f"> **{payload}**\n")
+        elif kind == "para":
+            lines.append(f"{payload}\n")
+        elif kind == "list":
+            lines.append("\n".join(f"- {x}" for x in payload) + "\n")
+        elif kind == "table":
+            lines.append(to_markdown(payload))
+        elif kind == "figure":
+            title, path = payload
+            lines.append(f"![{title}]({path.relative_to(base).as_posix()})\n")
+    return "\n".join(lines)
+
+
+def _html(blocks: list, title: str) -> str:
+    e = html.escape
+    body = []
+    for kind, payload in blocks:
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{e(str(payload))}</{kind}>")
+        elif kind == "warn":
+            body.append(f"<p class='warn'>{e(str(payload))}</p>")
+        elif kind == "para":
+            body.append(f"<p>{e(str(payload))}</p>")
+        elif kind == "list":
+            body.append("<ul>" + "".join(f"<li>{e(str(x))}</li>" for x in payload) + "</ul>")
+        elif kind == "table":
+            body.append(to_html(payload))
+        elif kind == "figure":
+            t, path = payload
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            body.append(
+                f"<figure><img alt='{e(t)}' src='data:image/png;base64,{data}'><figcaption>{e(t)}</figcaption></figure>"
+            )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:90%}caption{text-align:left;font-weight:600;"
+        "padding:.3em 0}th,td{padding:.2em .6em;border-bottom:1px solid #ddd}thead th{border-bottom:2px solid #444}"
+        "img{max-width:100%}.warn{background:#fee;border:2px solid #c00;padding:.6em;font-weight:700}"
+        "ul.notes{font-size:85%;color:#444}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style>"
+        f"</head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def write_summaries(
+    analysis: Analysis, tables: dict[str, Table], figures: dict[str, list[Path]], out: Path, command: str
+) -> list[Path]:
+    """``<out>/summary.md`` (figures linked) and ``<out>/summary.html`` (figures embedded)."""
+    blocks = _blocks(analysis, tables, figures, command)
+    md = out / "summary.md"
+    md.write_text(_markdown(blocks, out))
+    page = out / "summary.html"
+    page.write_text(_html(blocks, "hybridpool report"))
+    return [md, page]
