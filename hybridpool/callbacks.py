@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["AttentionMaps", "render_attention_panels"]
+__all__ = ["AttentionMaps", "render_attention_panels", "save_attention_arrays"]
 
 
 def _to_rgb(img: torch.Tensor) -> np.ndarray:
@@ -68,12 +68,45 @@ def render_attention_panels(
     return panels
 
 
+def save_attention_arrays(
+    path: str | Path,
+    images: torch.Tensor,
+    attn: torch.Tensor,
+    labels: torch.Tensor,
+    preds: torch.Tensor,
+) -> Path:
+    """Write ``images (N, C, H, W)``, ``attn (N, heads, h, w)`` (float32), ``labels (N,)`` and ``preds (N,)``
+    (int64) to the compressed ``.npz`` file ``path``; returns ``path``."""
+    n = images.shape[0]
+    if attn.ndim != 4 or attn.shape[0] != n or labels.shape != (n,) or preds.shape != (n,):
+        raise ValueError(
+            f"expected images (N, C, H, W), attn (N, heads, h, w), labels (N,), preds (N,); got "
+            f"{tuple(images.shape)}, {tuple(attn.shape)}, {tuple(labels.shape)}, {tuple(preds.shape)}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        images=images.detach().float().cpu().numpy(),
+        attn=attn.detach().float().cpu().numpy(),
+        labels=labels.detach().cpu().numpy().astype(np.int64),
+        preds=preds.detach().cpu().numpy().astype(np.int64),
+    )
+    return path
+
+
 class AttentionMaps(pl.Callback):
     """At the end of training, draw the pool's attention maps over the first validation images.
 
     Works for any pool whose ``forward_with_extras`` returns ``"attn": (B, heads, H', W')`` (attention
     pooling, hybrids with an attention branch); does nothing for the others. The panels are saved as
-    ``<dirpath>/attention_maps.png`` (one row per image) and logged to W&B under ``key`` as images.
+    ``<dirpath>/attention_maps.png`` (one row per image) and logged to W&B under ``key`` as images; the arrays
+    behind them go to ``<dirpath>/attention_maps.npz`` (what the report redraws its figure from):
+
+    - ``images``: ``(N, C, H, W)`` float32, the validation images as the model saw them (normalised);
+    - ``attn``: ``(N, heads, h, w)`` float32, the attention weights over the ``h x w`` feature map (each
+      head's map sums to 1);
+    - ``labels``, ``preds``: ``(N,)`` int64, the true and the predicted classes.
 
     Args:
         num_images: how many validation images.
@@ -94,7 +127,8 @@ class AttentionMaps(pl.Callback):
         self.dirpath = dirpath
         self.split = split
         self.key = key
-        self.saved: Path | None = None
+        self.saved: Path | None = None  # the PNG
+        self.saved_arrays: Path | None = None  # the .npz
 
     def _images(self, trainer: pl.Trainer) -> tuple[torch.Tensor, torch.Tensor] | None:
         dm = trainer.datamodule
@@ -144,6 +178,7 @@ class AttentionMaps(pl.Callback):
                 top += p.height
             self.saved = out / "attention_maps.png"
             grid.save(self.saved)
+            self.saved_arrays = save_attention_arrays(out / "attention_maps.npz", x, attn, y, pred)
         for logger in trainer.loggers:
             log_image = getattr(logger, "log_image", None)
             if log_image is not None:

@@ -9,9 +9,12 @@
   moves from 3 otherwise); AdamW or SGD (any ``torch.optim`` class via a Hydra ``_partial_``);
 - a per-step schedule: linear warm-up, then cosine (down to ``min_lr_ratio``), step decay or constant;
 - the pooling internals over training: the pool's own ``stats()`` every ``log_pool_every_n_steps`` steps under
-  ``pool/...`` (GeM p, LSE r, mixing weights, temperatures), and per validation epoch the statistics of
-  what it did on the validation set (``pool/val/mix/<branch>_mean|_std``, gate spread,
-  ``pool/val/attn_entropy``);
+  ``pool/...`` (GeM p, LSE r, mixing weights, temperatures) and once more at the end of every training epoch,
+  so that the last values in ``trainer.callback_metrics`` (and so in ``results.json``) are those of the
+  trained pool; per validation epoch the statistics of what it did on the validation set
+  (``pool/val/mix/<branch>_mean|_std``, gate spread, ``pool/val/attn_entropy``);
+- the cost: ``time/epoch_s`` per training epoch (wall time of the training batches, validation excluded) and
+  ``time/epoch_s_mean``, its mean over the epochs run so far by this fit (its last value is the run's mean);
 - with ``from_features=True`` the batches hold cached backbone feature maps ``(B, C, H', W')`` (frozen-backbone
   mode, see :mod:`hybridpool.features`) and only pool + head run;
 - checkpoints carry the RNG states so that ``ckpt_path=last`` resumes an interrupted run exactly.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -154,7 +158,8 @@ class ClassificationModule(pl.LightningModule):
         backbone_lr_mult, head_lr_mult, pool_lr_mult: learning-rate multipliers of the three groups.
         pool_weight_decay: weight decay of the pooling parameters (0: no decay).
         label_smoothing: cross-entropy label smoothing in ``[0, 1)``.
-        log_pool_every_n_steps: how often the pool's ``stats()`` are logged during training (0: never).
+        log_pool_every_n_steps: how often the pool's ``stats()`` are logged during training steps (0: never);
+            they are also logged at the end of every training epoch.
         from_features: batches hold cached feature maps ``(B, C, H', W')`` instead of images.
     """
 
@@ -222,6 +227,10 @@ class ClassificationModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self._val_mix: list[torch.Tensor] = []
         self._val_entropy: list[float] = []
+        self._epoch_times: list[float] = []  # seconds of training per epoch of this fit
+        self._epoch_t0: float | None = None
+        self._epoch_val_s = 0.0
+        self._val_t0: float | None = None
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -248,13 +257,56 @@ class ClassificationModule(pl.LightningModule):
             self._log_pool_stats()
         return loss
 
-    def _log_pool_stats(self) -> None:
+    def _log_pool_stats(self, on_step: bool = True) -> None:
         stats = getattr(self.model.pool, "stats", None)
         if stats is None:
             return
         values = {f"pool/{k}": float(v) for k, v in stats().items()}
         if values:
-            self.log_dict(values, on_step=True, on_epoch=False, batch_size=1)
+            # at epoch level: the mean over ranks (the same pool everywhere; no DDP warning)
+            self.log_dict(values, on_step=on_step, on_epoch=not on_step, batch_size=1, sync_dist=not on_step)
+
+    # ------------------------------------------------------------------ per-epoch time and final pool state
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def on_fit_start(self) -> None:
+        self._epoch_times = []
+
+    def on_train_epoch_start(self) -> None:
+        self._sync()
+        self._epoch_t0 = time.perf_counter()
+        self._epoch_val_s = 0.0
+
+    def on_validation_start(self) -> None:
+        if self._epoch_t0 is not None and not self.trainer.sanity_checking:
+            self._sync()
+            self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self) -> None:
+        if self._val_t0 is not None:
+            self._sync()
+            self._epoch_val_s += time.perf_counter() - self._val_t0
+            self._val_t0 = None
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's training time and the pool's ``stats()`` as they are at the end of the epoch.
+
+        Validation (run inside the training epoch by Lightning) is excluded from ``time/epoch_s``. The pool
+        statistics logged here, per epoch, are the last values Lightning puts in ``trainer.callback_metrics``
+        at the end of a fit: the record's ``pool/...`` values are those of the trained pool, not of whichever
+        step was logged last.
+        """
+        if self._epoch_t0 is not None:
+            self._sync()
+            seconds = time.perf_counter() - self._epoch_t0 - self._epoch_val_s
+            self._epoch_t0 = None
+            self._epoch_times.append(seconds)
+            mean = float(np.mean(self._epoch_times))
+            for key, value in (("time/epoch_s", seconds), ("time/epoch_s_mean", mean)):  # DDP: mean over ranks
+                self.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
+        self._log_pool_stats(on_step=False)
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch

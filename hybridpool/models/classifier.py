@@ -151,8 +151,41 @@ class Classifier(nn.Module):
                 groups["head"].append(p)
         return groups
 
+    def parameter_counts(self) -> dict[str, int]:
+        """Number of parameter elements: ``{"total", "trainable", "backbone", "pool", "head"}`` (ints).
+
+        ``pool`` counts the pool module's parameters plus those of any pooling layer elsewhere in the model
+        (the same split as :meth:`parameter_groups`, frozen ones included); ``backbone`` the rest of the
+        backbone; ``head`` everything else (post-pool BatchNorm and the linear classifier). Shared parameters
+        are counted once, so ``total == backbone + pool + head``; ``trainable`` counts those with
+        ``requires_grad`` (a frozen backbone's are not).
+        """
+        from hybridpool.pooling import PoolBase
+
+        pool_ids = {id(p) for p in self.pool.parameters()}
+        for sub in self.modules():
+            if isinstance(sub, PoolBase):
+                pool_ids |= {id(p) for p in sub.parameters()}
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        counts = {"total": 0, "trainable": 0, "backbone": 0, "pool": 0, "head": 0}
+        for p in self.parameters():  # each shared parameter once
+            n = int(p.numel())
+            counts["total"] += n
+            if p.requires_grad:
+                counts["trainable"] += n
+            if id(p) in pool_ids:
+                counts["pool"] += n
+            elif id(p) in backbone_ids:
+                counts["backbone"] += n
+            else:
+                counts["head"] += n
+        return counts
+
     def describe(self) -> dict[str, Any]:
-        """JSON-able summary: backbone identity, pool class, embedding size, classes."""
+        """JSON-able summary: backbone identity, pool class, embedding size, classes and ``params``.
+
+        ``params`` is :meth:`parameter_counts` (``total``, ``trainable``, ``backbone``, ``pool``, ``head``).
+        """
         bb = (
             self.backbone.describe()
             if isinstance(self.backbone, Backbone)
@@ -164,4 +197,5 @@ class Classifier(nn.Module):
             "embed_dim": self.embed_dim,
             "num_classes": self.num_classes,
             "frozen_backbone": self.frozen,
+            "params": self.parameter_counts(),
         }

@@ -212,7 +212,9 @@ def cost_rows(study: Study) -> list[dict[str, Any]]:
             if r.params:
                 params = {k: int(v) for k, v in r.params.items() if isinstance(v, (int, float))}
                 break
-        epoch_times = [r.metrics["time/epoch_s"] for r in done if "time/epoch_s" in r.metrics]
+        epoch_times = [
+            r.metrics.get("time/epoch_s_mean", r.metrics["time/epoch_s"]) for r in done if "time/epoch_s" in r.metrics
+        ]
         source = "time/epoch_s"
         if not epoch_times:
             source = "fit time / epochs"
