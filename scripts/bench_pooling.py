@@ -131,8 +131,8 @@ def bench_shape(shape, args, device, dtype) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
     x = torch.randn(shape, device=device, dtype=dtype).relu_()  # post-ReLU features
     # Separate instances for the two modes: a compiled module first compiled with grad enabled and then called
-    # under no_grad recompiles into a slower no-grad graph than one compiled under no_grad from the start, so each mode gets a module compiled in that mode, as a training and an inference
-    # script would have.
+    # under no_grad recompiles into a slower no-grad graph than one compiled under no_grad from the start, so each
+    # mode gets a module compiled in that mode, as a training and an inference script would have.
     runs = {}
     for mode, make_run in (("fwd", forward_only), ("fwd+bwd", forward_backward)):
         for name, pool in candidates(shape[1], args.compile).items():
