@@ -6,7 +6,10 @@ The report and the paper read these records, never the training code. A record h
 ``task_name``, ``tags``, ``seed``, ``config`` (the fully resolved run config), ``overrides`` (the command-line
 overrides, when launched through Hydra), ``git`` (``commit``, ``dirty``), ``metrics`` (final val/test numbers,
 floats), ``paths`` (output dir, checkpoints, CSV, W&B run), ``wandb`` (mode, id, sync command), ``versions``,
-``host``, ``started_at``/``finished_at`` (ISO 8601, UTC), ``wall_time_s`` and, on failure, ``error``.
+``host``, ``pid`` (of the writing process), ``started_at``/``finished_at`` (ISO 8601, UTC), ``wall_time_s``,
+``timing`` (Unix start/end times and the seconds spent in set-up, W&B, fit and test), on failure ``error`` and
+``traceback``, and in a sweep ``config_hash`` (see :func:`hybridpool.sweep.config_hash`), ``job`` (number,
+overrides, sweep folder) and ``attempts``.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,14 +105,32 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+#: module name -> distribution name, for the versions a record notes
+_DISTRIBUTIONS = {
+    "hybridpool": "hybridpool",
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "pytorch_lightning": "pytorch-lightning",
+    "hydra": "hydra-core",
+    "wandb": "wandb",
+    "timm": "timm",
+}
+
+
 def _versions() -> dict[str, str]:
+    """Installed versions, read from package metadata (importing timm or wandb only to ask costs seconds)."""
+    from importlib import metadata
+
     out: dict[str, str] = {"python": platform.python_version()}
-    for name in ("hybridpool", "torch", "torchvision", "pytorch_lightning", "hydra", "wandb", "timm"):
-        try:
-            module = __import__(name)
-            out[name] = str(getattr(module, "__version__", "?"))
-        except ImportError:
-            continue
+    for name, dist in _DISTRIBUTIONS.items():
+        module = sys.modules.get(name)
+        version = getattr(module, "__version__", None) if module is not None else None
+        if version is None:
+            try:
+                version = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+        out[name] = str(version)
     return out
 
 
@@ -144,11 +167,13 @@ class RunRecord:
             "started_at": _now(),
             "finished_at": None,
             "wall_time_s": None,
+            "timing": {"start_unix": time.time(), "end_unix": None},
             "metrics": {},
             "paths": {"output_dir": str(Path(output_dir).resolve())},
             "wandb": None,
             "git": git_info(),
             "host": platform.node(),
+            "pid": os.getpid(),
             "versions": _versions(),
             "overrides": list(overrides or []),
             "config": config,
@@ -172,6 +197,8 @@ class RunRecord:
         self.data["finished_at"] = _now()
         self.data["wall_time_s"] = round(time.perf_counter() - self._t0, 3)
         self.data["status"] = status
+        timing = self.data.setdefault("timing", {})
+        timing["end_unix"] = time.time()
         self.update(**fields)
 
     def complete(self, metrics: dict[str, float], **fields: Any) -> None:
@@ -179,11 +206,13 @@ class RunRecord:
         self._close("completed", metrics=metrics, **fields)
 
     def fail(self, error: BaseException, metrics: dict[str, float] | None = None, **fields: Any) -> None:
-        """Mark the run ``failed`` (``interrupted`` for Ctrl-C) and keep the error message."""
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        """Mark the run ``failed`` (``interrupted`` for Ctrl-C or an exit) and keep the error and its traceback."""
+        status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
+        tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         self._close(
             status,
             error=f"{type(error).__name__}: {error}",
+            traceback=tb[-20000:],
             metrics=metrics or self.data["metrics"],
             **fields,
         )

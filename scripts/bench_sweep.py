@@ -1,0 +1,230 @@
+"""Speed of a 16-job head-only sweep with the basic, joblib(2) and Ray(2) launchers (a benchmark, not a test).
+
+The sweep: ``experiment=frozen_mobilenet`` (ImageNet MobileNetV2, frozen, on Oxford Flowers-17 from the offline
+data folder), whose backbone features are computed once and cached, so each job trains only pool + head from
+the cache (8 pools x 2 seeds, W&B offline, best/last checkpoints). The feature cache is warmed first (timed
+separately), then the same sweep runs once per launcher, one after the other in this one script, each into its
+own sweep folder; finally the basic sweep is run again (every job skipped) to time a re-run.
+
+For every launcher it reports the wall time of the whole command and, from the jobs' ``results.json``
+(``timing``), the useful training time (``fit_s + test_s``) and the per-job fixed cost:
+
+    fixed per job = (wall x workers - sum of useful) / jobs
+
+i.e. every second of a worker not spent training (process start, imports, Hydra, W&B, data set-up, idle at
+the end), shared out over the jobs; with its breakdown (imports, W&B init/finish, set-up) from the records.
+Targets (issue 4): fixed cost <= 25% of a 30-s job's wall; 2 workers <= 0.65x the sequential wall.
+
+    python scripts/bench_sweep.py                          # all launchers -> benchmarks/sweep_cpu.txt
+    python scripts/bench_sweep.py --launchers basic joblib --epochs 10 --out /tmp/quick.txt
+
+Needs the offline data (``--data-root``, default ``$HYBRIDPOOL_DATA_ROOT`` or ``../shared/data``) with
+``flowers17/`` and ``torch_home/`` (MobileNetV2 weights), and the joblib and Ray launchers installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+POOLS = ["avg", "max", "gem", "lse", "attn", "hybrid_scalar", "hybrid_gate", "hybrid_channel"]
+
+LAUNCHERS = {
+    "basic": ("basic (sequential)", 1, []),
+    "joblib": ("joblib(2)", 2, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
+    # the "one machine, N GPUs" path with 2 fake GPUs: a fresh worker process per job (Ray's max_calls=1 for
+    # GPU tasks), CUDA_VISIBLE_DEVICES=0 or 1
+    "ray": (
+        "ray(2) gpu path (fake GPUs)",
+        2,
+        [
+            "hydra/launcher=ray",
+            "hydra.launcher.ray.init.num_cpus=2",
+            "hydra.launcher.ray.init.num_gpus=2",
+            "hydra.launcher.ray.remote.num_cpus=1",
+            "hydra.launcher.ray.remote.num_gpus=1",
+            "+hydra.launcher.ray.init.include_dashboard=false",
+        ],
+    ),
+    # CPU only: Ray reuses its 2 worker processes across jobs
+    "ray_cpu": (
+        "ray(2) cpu",
+        2,
+        [
+            "hydra/launcher=ray",
+            "hydra.launcher.ray.init.num_cpus=2",
+            "hydra.launcher.ray.remote.num_cpus=1",
+            "hydra.launcher.ray.remote.num_gpus=0",
+            "+hydra.launcher.ray.init.include_dashboard=false",
+        ],
+    ),
+}
+
+
+def _data_root(arg: str | None) -> Path:
+    for c in [arg, os.environ.get("HYBRIDPOOL_DATA_ROOT"), str(REPO.parent / "shared" / "data")]:
+        if c and (Path(c) / "flowers17").is_dir():
+            return Path(c).resolve()
+    sys.exit("bench_sweep: the offline data folder with flowers17/ was not found; pass --data-root")
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple[float, int]:
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, env=env, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+    return time.perf_counter() - t, rc
+
+
+def _records(sweep: Path) -> list[dict]:
+    recs = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    return sorted(recs, key=lambda r: (r.get("job") or {}).get("num") or 0)
+
+
+def _mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--launchers", nargs="+", default=["basic", "joblib", "ray", "ray_cpu"], choices=list(LAUNCHERS))
+    ap.add_argument("--pools", nargs="+", default=POOLS)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs (default: the experiment's 30)")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--workdir", default=None, help="where outputs and the feature cache go (default: a temp dir)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "sweep_cpu.txt"))
+    ap.add_argument("--no-rerun", action="store_true", help="skip the timed re-run of the basic sweep")
+    args = ap.parse_args()
+
+    data = _data_root(args.data_root)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_sweep_")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "HYBRIDPOOL_DATA_ROOT": str(data),
+        "TORCH_HOME": str(data / "torch_home"),
+        "HYBRIDPOOL_CACHE_DIR": str(work / "cache"),
+        "HYBRIDPOOL_LOG_DIR": str(work / "outputs"),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DIR": str(work / "wandb"),
+    }
+    py = [sys.executable, "-m", "hybridpool.train"]
+    common = [
+        "experiment=frozen_mobilenet",
+        "logger=wandb",
+        "callbacks=checkpoint",
+        "trainer.enable_progress_bar=false",
+    ]
+    if args.epochs:
+        common.append(f"trainer.max_epochs={args.epochs}")
+    sweep_args = [*common, f"pool={','.join(args.pools)}", f"seed={args.seeds}"]
+    n_jobs = len(args.pools) * len(args.seeds.split(","))
+    lines: list[str] = []
+
+    def say(s: str = "") -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    say(f"# bench_sweep: {n_jobs}-job head-only sweep, {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    say(f"# command: python scripts/bench_sweep.py {' '.join(sys.argv[1:])}".rstrip())
+    say(f"# host: {platform.node()}, {os.cpu_count()} cores, python {platform.python_version()}; load average "
+        f"at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    say(f"# sweep: hybridpool-train -m {' '.join(sweep_args)} hydra.sweep.dir=<work>/sweeps/<launcher> <launcher>")
+
+    # a fresh process: python + imports (what each new worker pays once)
+    imp = []
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import hybridpool.train, torch, pytorch_lightning, torchvision, wandb"],
+                       env=env, check=True)
+        imp.append(time.perf_counter() - t)
+    say(f"fresh process: python + import torch, lightning, torchvision, wandb, hybridpool: "
+        f"{' '.join(f'{x:.1f}' for x in imp)} s (min {min(imp):.1f})")
+
+    warm_cmd = [*py, *common, "trainer.max_epochs=1", "logger=none", "callbacks=none",
+                f"hydra.run.dir={work / 'warm'}"]
+    wall, rc = _run(warm_cmd, env, work, work / "warm.log")
+    say(f"feature cache warm-up (MobileNetV2 over 1,360 images, once; 1 epoch): {wall:.1f} s (rc {rc})")
+    if rc != 0:
+        say(f"warm-up failed, see {work / 'warm.log'}")
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        return 1
+
+    results: dict[str, dict] = {}
+    for name in args.launchers:
+        label, workers, extra = LAUNCHERS[name]
+        sweep = work / "sweeps" / name
+        if sweep.exists():
+            shutil.rmtree(sweep)
+        load = os.getloadavg()[0]
+        wall, rc = _run([*py, "-m", *sweep_args, *extra, f"hydra.sweep.dir={sweep}"], env, work, work / f"{name}.log")
+        recs = _records(sweep)
+        done = [r for r in recs if r.get("status") == "completed"]
+        useful = [r["timing"]["fit_s"] + r["timing"]["test_s"] for r in done]
+        fixed = (wall * workers - sum(useful)) / max(1, len(done))
+        job_wall = _mean(useful) + fixed
+        t = [r["timing"] for r in done]
+        fresh = [x["start_unix"] - x["process_start_unix"] + x.get("startup_s", 0.0) for x in t
+                 if x.get("process_start_unix") and x.get("startup_s", 0) > 0.5]
+        results[name] = dict(label=label, workers=workers, wall=wall, rc=rc, jobs=len(done), useful=useful,
+                             fixed=fixed, job_wall=job_wall)
+        say("")
+        say(f"== {label}: {len(done)}/{n_jobs} jobs completed, rc {rc}, wall {wall:.1f} s (load avg before "
+            f"{load:.2f}), torch threads per job {sorted({r['devices'].get('torch_threads') for r in done})}")
+        say(f"   useful (fit + test) per job: mean {_mean(useful):.1f} s, total {sum(useful):.1f} s")
+        say(f"   fixed per job = (wall x {workers} - useful) / jobs = {fixed:.1f} s -> {fixed / job_wall:.0%} of a "
+            f"{job_wall:.1f}-s job")
+        say(f"   in the records, per job (mean): startup {_mean([x.get('startup_s', 0) for x in t]):.2f} s, "
+            f"W&B init {_mean([x.get('wandb_init_s', 0) for x in t]):.2f} s, "
+            f"W&B finish {_mean([x.get('finish_s', 0) for x in t]):.2f} s, "
+            f"set-up (data, model, cache load) {_mean([x.get('setup_s', 0) for x in t]):.2f} s, "
+            f"fit {_mean([x['fit_s'] for x in t]):.2f} s, test {_mean([x['test_s'] for x in t]):.2f} s")
+        if fresh:
+            say(f"   jobs in a fresh process ({len(fresh)}): process start -> imports done "
+                f"{_mean(fresh):.1f} s (mean)")
+        for r in recs:
+            x = r.get("timing") or {}
+            say(f"   job {r['job']['num']:>2} {r['status']:<9} pid {r.get('pid')} fit {x.get('fit_s', 0):5.1f} s "
+                f"test {x.get('test_s', 0):4.1f} s startup {x.get('startup_s', 0):4.1f} s "
+                f"wandb {x.get('wandb_init_s', 0):4.1f}+{x.get('finish_s', 0):.1f} s "
+                f"setup {x.get('setup_s', 0):4.1f} s  val/acc {r.get('metrics', {}).get('val/acc', float('nan')):.4f}"
+                f"  {' '.join(o for o in r['job']['overrides'] if o.startswith(('pool=', 'seed=')))}")
+
+    if "basic" in args.launchers and not args.no_rerun:
+        sweep = work / "sweeps" / "basic"
+        wall, rc = _run([*py, "-m", *sweep_args, f"hydra.sweep.dir={sweep}"], env, work, work / "basic-rerun.log")
+        say("")
+        say(f"== re-run of the basic sweep (all {n_jobs} jobs completed before, so skipped): wall {wall:.1f} s, "
+            f"rc {rc}")
+
+    say("")
+    say("== summary")
+    base = results.get("basic")
+    for name, r in results.items():
+        ratio = f", {r['wall'] / base['wall']:.2f}x sequential" if base and name != "basic" else ""
+        say(f"   {r['label']:<28} wall {r['wall']:6.1f} s{ratio}; fixed {r['fixed']:.1f} s per job = "
+            f"{r['fixed'] / r['job_wall']:.0%} of the job's wall (useful {_mean(r['useful']):.1f} s)")
+    say("   targets: fixed <= 25% of a 30-s job's wall; 2 workers <= 0.65x sequential")
+    say(f"   raw logs and records: {work}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
