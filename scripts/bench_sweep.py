@@ -95,6 +95,35 @@ def _mean(xs: list[float]) -> float:
     return statistics.fmean(xs) if xs else float("nan")
 
 
+def _throughput_check(py: list[str], common: list[str], env: dict, work: Path, rounds: int, say) -> None:
+    """How much two jobs at once (1 thread each) gain over one job (2 threads), measured back to back.
+
+    The same 10-epoch job (pool=hybrid_scalar, no logger, no test) runs alone with 2 threads, then two copies
+    run at the same time with 1 thread each (as joblib(2) and Ray(2) run them); alternated ``rounds`` times so
+    that the other load of a shared machine falls on both. Compares the fit times only (no start-up costs).
+    """
+    job = [*py, *common, "pool=hybrid_scalar", "trainer.max_epochs=10", "logger=none", "callbacks=none", "test=false"]
+    alone, pair = [], []
+    for i in range(rounds):
+        d = work / "throughput" / f"alone{i}"
+        subprocess.run([*job, f"hydra.run.dir={d}"], env={**env, "OMP_NUM_THREADS": "2"}, cwd=work,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        alone.append(json.loads((d / "results.json").read_text())["timing"]["fit_s"])
+        dirs = [work / "throughput" / f"pair{i}_{k}" for k in range(2)]
+        procs = [subprocess.Popen([*job, f"hydra.run.dir={d}"], env={**env, "OMP_NUM_THREADS": "1"}, cwd=work,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in dirs]
+        for p in procs:
+            p.wait()
+        pair.append(max(json.loads((d / "results.json").read_text())["timing"]["fit_s"] for d in dirs))
+    say("")
+    say("== throughput check: the same 10-epoch fit, alone with 2 threads vs two at once with 1 thread each")
+    say(f"   alone: {' '.join(f'{x:.1f}' for x in alone)} s; two at once (slower of the pair): "
+        f"{' '.join(f'{x:.1f}' for x in pair)} s")
+    ratio = statistics.median(pair) / (2 * statistics.median(alone))
+    say(f"   two jobs at once take {ratio:.2f}x the time of the same two jobs one after the other "
+        "(medians; 0.50 = perfect scaling over 2 cores)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--launchers", nargs="+", default=["basic", "joblib", "ray", "ray_cpu"], choices=list(LAUNCHERS))
@@ -105,6 +134,8 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="where outputs and the feature cache go (default: a temp dir)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "sweep_cpu.txt"))
     ap.add_argument("--no-rerun", action="store_true", help="skip the timed re-run of the basic sweep")
+    ap.add_argument("--throughput-rounds", type=int, default=3,
+                    help="rounds of the 1-job-with-2-threads vs 2-jobs-with-1-thread check (0: none)")
     args = ap.parse_args()
 
     data = _data_root(args.data_root)
@@ -209,6 +240,9 @@ def main() -> int:
         say("")
         say(f"== re-run of the basic sweep (all {n_jobs} jobs completed before, so skipped): wall {wall:.1f} s, "
             f"rc {rc}")
+
+    if args.throughput_rounds:
+        _throughput_check(py, common, env, work, args.throughput_rounds, say)
 
     say("")
     say("== summary")
