@@ -8,7 +8,10 @@ inside a constructor, or never. :func:`validate_config` checks the whole config 
   arguments), recursively;
 - the plain nodes (top level, ``paths``, ``features``, ``optim``, ``module``) against their known keys;
 - value ranges: positive learning rate, non-negative weight decay and multipliers, known schedule, dropout and
-  label smoothing in ``[0, 1)``, positive batch size and epochs, integer seed.
+  label smoothing in ``[0, 1)``, positive batch size and epochs, integer seed;
+- the study switches of ``module``: ``pool_schedule`` (``freeze_and_train`` needs a HybridPool with weighted
+  mixing and a ``switch_epoch`` in ``[1, trainer.max_epochs)``), ``robustness`` (``{shift, grid}``, images only:
+  not with the feature cache), and ``pool.spatial_size`` of ``pool=flatten`` when it is set.
 
 All problems are reported together in one :class:`ConfigError` (a ``ValueError``) naming each bad key by its
 full dotted path, with a "did you mean" suggestion and the accepted keys.
@@ -164,6 +167,81 @@ def _check_range(
         problems.append(f"{path}: must be {rule}, got {value!r}")
 
 
+def _mapping(container: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    node = container.get(key)
+    return node if isinstance(node, Mapping) else {}
+
+
+def _target_class(node: Mapping[str, Any]) -> type | None:
+    try:
+        obj = _locate(str(node.get("_target_")))
+    except Exception:
+        return None
+    return obj if isinstance(obj, type) else None
+
+
+def _check_study_switches(container: Mapping[str, Any], problems: list[str]) -> None:
+    """``module.pool_schedule``/``switch_epoch``, ``module.robustness`` and ``pool.spatial_size`` (Flatten)."""
+    from hybridpool.module import (
+        POOL_SCHEDULES,
+        WEIGHTED_MIXING,
+        check_robustness,
+        resolve_switch_epoch,
+    )
+    from hybridpool.pooling import Flatten, HybridPool
+    from hybridpool.pooling.flatten import _spatial_pair
+
+    module = _mapping(container, "module")
+    pool = _mapping(container, "pool")
+    trainer = _mapping(container, "trainer")
+    pool_cls = _target_class(pool) if pool.get("_target_") else None
+    schedule = module.get("pool_schedule", "joint")
+    switch = module.get("switch_epoch")
+    if schedule not in POOL_SCHEDULES:
+        problems.append(f"module.pool_schedule: unknown schedule {schedule!r}; accepted: {', '.join(POOL_SCHEDULES)}")
+    elif schedule == "freeze_and_train":
+        if pool_cls is not None and not issubclass(pool_cls, HybridPool):
+            problems.append(
+                f"module.pool_schedule: freeze_and_train needs a HybridPool pool with weighted mixing "
+                f"(pool=hybrid_scalar, hybrid_channel or hybrid_gate, with pool.init=gap), got {pool.get('_target_')}"
+            )
+        elif pool_cls is not None and pool.get("mixing", "scalar") not in WEIGHTED_MIXING:
+            problems.append(
+                f"module.pool_schedule: freeze_and_train needs pool.mixing in {', '.join(WEIGHTED_MIXING)}, got "
+                f"{pool.get('mixing')!r}"
+            )
+        max_epochs = None if trainer.get("fast_dev_run") else trainer.get("max_epochs")
+        if not trainer.get("fast_dev_run") or switch is not None:
+            try:
+                resolve_switch_epoch(switch, max_epochs)
+            except ValueError as err:
+                problems.append(f"module.switch_epoch: {err}")
+    elif switch is not None:
+        problems.append(f"module.switch_epoch: {switch!r} is only used with module.pool_schedule=freeze_and_train")
+    try:
+        robust = check_robustness(module.get("robustness"))
+    except ValueError as err:
+        problems.append(f"module.robustness: {err}")
+        robust = {}
+    if robust:
+        features = _mapping(container, "features")
+        enabled = features.get("enabled", "auto")
+        frozen = bool(_mapping(container, "model").get("freeze_backbone", False))
+        if enabled is True or (enabled == "auto" and frozen):
+            problems.append(
+                "module.robustness: the robustness tests transform test images, but this run trains from cached "
+                "backbone features (model.freeze_backbone=true with features.enabled=auto/true); set "
+                "features.enabled=false (the frozen backbone then runs on images) or module.robustness=null"
+            )
+    if pool_cls is not None and issubclass(pool_cls, Flatten):
+        size = pool.get("spatial_size")
+        if size != "???":  # not set yet: an experiment or the command line sets it (pool.spatial_size=[7,7])
+            try:
+                _spatial_pair(size)
+            except ValueError as err:
+                problems.append(f"pool.spatial_size: {err}")
+
+
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Check a composed training config; return it as a resolved plain dict.
 
@@ -257,6 +335,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     )
     _check_range(problems, "module.log_pool_every_n_steps", module.get("log_pool_every_n_steps"), low=0)
     model = container.get("model") if isinstance(container.get("model"), Mapping) else {}
+    _check_study_switches(container, problems)
     _check_range(problems, "model.dropout", model.get("dropout"), low=0, high=1, high_open=True)
     data = container.get("data") if isinstance(container.get("data"), Mapping) else {}
     _check_range(problems, "data.batch_size", data.get("batch_size"), low=1)

@@ -17,7 +17,16 @@
   ``time/epoch_s_mean``, its mean over the epochs run so far by this fit (its last value is the run's mean);
 - with ``from_features=True`` the batches hold cached backbone feature maps ``(B, C, H', W')`` (frozen-backbone
   mode, see :mod:`hybridpool.features`) and only pool + head run;
-- checkpoints carry the RNG states so that ``ckpt_path=last`` resumes an interrupted run exactly.
+- checkpoints carry the RNG states so that ``ckpt_path=last`` resumes an interrupted run exactly;
+- ``pool_schedule="freeze_and_train"`` (for a :class:`~hybridpool.pooling.HybridPool` with weighted mixing,
+  meant for ``init="gap"``): until ``switch_epoch`` the pool's mixing parameters get no update (backbone + head
+  train with plain GAP), from then on the backbone is frozen (no update, BatchNorm in eval mode) and the pool and
+  the head train; after "On Global Feature Pooling for Fine-grained Visual Categorization" (ICLR 2020
+  submission), where joint training of two combined poolings suffered from gradient conflict. The stage is
+  logged per epoch as ``schedule/stage`` (1 or 2);
+- ``robustness={"shift": s, "grid": g}``: the test accuracy also on the test images shifted ``s`` pixels right
+  and down (``test_shift/acc``) and cut into ``g x g`` tiles shuffled by a fixed permutation
+  (``test_grid/acc``), see :mod:`hybridpool.robustness`.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ import functools
 import math
 import random
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,10 +48,29 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from hybridpool.models.classifier import Classifier
+from hybridpool.robustness import grid_permutation, permute_grid, shift_image
 
-__all__ = ["SCHEDULES", "ClassificationModule", "lr_lambda", "mixing_statistics"]
+__all__ = [
+    "POOL_SCHEDULES",
+    "ROBUSTNESS_KEYS",
+    "SCHEDULES",
+    "WEIGHTED_MIXING",
+    "ClassificationModule",
+    "check_freeze_and_train_pool",
+    "check_robustness",
+    "lr_lambda",
+    "mixing_parameters",
+    "mixing_statistics",
+    "resolve_switch_epoch",
+]
 
 SCHEDULES = ("cosine", "step", "constant")
+#: how the parameters of a hybrid pool train: all together, or in two stages (see ClassificationModule)
+POOL_SCHEDULES = ("joint", "freeze_and_train")
+#: HybridPool mixing modes whose output is a weighted sum of the branches (freeze_and_train needs one)
+WEIGHTED_MIXING = ("scalar", "channel", "gate")
+#: keys of ClassificationModule(robustness=...): shift (pixels), grid (tiles per side), seed (of the permutation)
+ROBUSTNESS_KEYS = ("shift", "grid", "seed")
 
 
 def lr_lambda(
@@ -122,6 +151,92 @@ def attention_entropy(attn: torch.Tensor) -> float:
     return float((ent / math.log(n)).mean()) if n > 1 else 0.0
 
 
+def mixing_parameters(pool: nn.Module) -> list[nn.Parameter]:
+    """The parameters of a :class:`~hybridpool.pooling.HybridPool` that decide its mixing weights.
+
+    Everything of the pool outside its branches: ``mix_logits``, ``blend`` (``init="gap"``) and the gate network
+    (``mixing="gate"``). The branches' own parameters (GeM ``p``, attention projections) are not included.
+    """
+    return [p for name, p in pool.named_parameters() if not name.startswith("branches.")]
+
+
+def check_freeze_and_train_pool(pool: nn.Module) -> None:
+    """Raise ``ValueError`` unless ``pool`` is a HybridPool with weighted mixing (what freeze_and_train needs)."""
+    from hybridpool.pooling import HybridPool
+
+    if not isinstance(pool, HybridPool):
+        raise ValueError(
+            f"pool_schedule='freeze_and_train' needs a HybridPool with weighted mixing ({', '.join(WEIGHTED_MIXING)}), "
+            f"got {type(pool).__name__}; use e.g. pool=hybrid_scalar pool.init=gap, or pool_schedule='joint'"
+        )
+    if pool.mixing not in WEIGHTED_MIXING:
+        raise ValueError(
+            f"pool_schedule='freeze_and_train' needs a weighted mixing mode ({', '.join(WEIGHTED_MIXING)}), got "
+            f"mixing={pool.mixing!r} (no mixing weights to freeze); use pool_schedule='joint' for it"
+        )
+
+
+def resolve_switch_epoch(switch_epoch: int | None, max_epochs: int | None) -> int:
+    """The first epoch of stage 2 of ``freeze_and_train``: ``switch_epoch``, or ``max_epochs // 2`` if ``None``.
+
+    Args:
+        switch_epoch: ``None`` or an int ``>= 1``.
+        max_epochs: the trainer's ``max_epochs`` (``None`` or ``-1``: unbounded, then ``switch_epoch`` is needed).
+
+    Raises:
+        ValueError: the switch would not leave at least one epoch in each stage (``1 <= switch < max_epochs``).
+    """
+    bounded = max_epochs is not None and int(max_epochs) > 0
+    if switch_epoch is None:
+        if not bounded:
+            raise ValueError(
+                "pool_schedule='freeze_and_train' with switch_epoch=null switches at half of trainer.max_epochs, "
+                f"which is not set (max_epochs={max_epochs}); set module.switch_epoch"
+            )
+        switch = int(max_epochs) // 2  # type: ignore[arg-type]
+        if switch < 1:
+            raise ValueError(
+                f"pool_schedule='freeze_and_train' needs trainer.max_epochs >= 2 (one epoch per stage), got "
+                f"{max_epochs}"
+            )
+        return switch
+    if isinstance(switch_epoch, bool) or not isinstance(switch_epoch, int) or switch_epoch < 1:
+        raise ValueError(f"switch_epoch must be null or an int >= 1, got {switch_epoch!r}")
+    if bounded and switch_epoch >= int(max_epochs):  # type: ignore[arg-type]
+        raise ValueError(
+            f"switch_epoch must be < trainer.max_epochs ({max_epochs}) so that stage 2 gets at least one epoch, "
+            f"got {switch_epoch}"
+        )
+    return int(switch_epoch)
+
+
+def check_robustness(robustness: Mapping[str, Any] | None) -> dict[str, int]:
+    """Validate ``robustness`` (``{"shift": s, "grid": g}``, optional ``"seed"``); return it as a plain dict.
+
+    ``shift``: pixels, an int ``>= 1`` (``null``/absent: no shifted test); ``grid``: tiles per side, an int
+    ``>= 2`` (``null``/absent: no grid test); ``seed``: seed of the tile permutation (default 0).
+    """
+    if robustness is None:
+        return {}
+    if not isinstance(robustness, Mapping):
+        raise ValueError(f"robustness must be null or a mapping {{shift: int, grid: int}}, got {robustness!r}")
+    unknown = sorted(set(robustness) - set(ROBUSTNESS_KEYS))
+    if unknown:
+        raise ValueError(f"robustness: unknown key(s) {unknown}; accepted: {', '.join(ROBUSTNESS_KEYS)}")
+    out: dict[str, int] = {}
+    for key, minimum in (("shift", 1), ("grid", 2), ("seed", 0)):
+        value = robustness.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"robustness.{key} must be null or an int >= {minimum}, got {value!r}")
+        out[key] = int(value)
+    if "shift" not in out and "grid" not in out:
+        raise ValueError(f"robustness needs shift and/or grid, got {dict(robustness)!r}; null turns it off")
+    out.setdefault("seed", 0)
+    return out
+
+
 def _numpy_state() -> dict[str, Any]:
     """numpy's global RNG state with plain types only (checkpoints load with ``weights_only=True``)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -161,6 +276,22 @@ class ClassificationModule(pl.LightningModule):
         log_pool_every_n_steps: how often the pool's ``stats()`` are logged during training steps (0: never);
             they are also logged at the end of every training epoch.
         from_features: batches hold cached feature maps ``(B, C, H', W')`` instead of images.
+        pool_schedule: ``"joint"`` (everything trains together) or ``"freeze_and_train"``: in epochs
+            ``< switch_epoch`` the mixing parameters of the HybridPool (``mix_logits``, ``blend``, gate network,
+            see :func:`mixing_parameters`) get no update, so with ``init="gap"`` backbone + head train with plain
+            GAP; from ``switch_epoch`` on the backbone gets no update and runs in eval mode (BatchNorm statistics
+            fixed, no backward through it), while the pool (mixing and branch parameters) and the head train.
+            "No update": their ``.grad`` is set to ``None`` after backward, so AdamW/SGD skip them entirely
+            (weight decay included). Needs a HybridPool with mixing ``scalar``, ``channel`` or ``gate``. The
+            stage follows the epoch, so a resumed run continues in the right one.
+        switch_epoch: first epoch (0-based) of stage 2; ``None``: ``trainer.max_epochs // 2``. Must be ``>= 1``
+            and ``< max_epochs`` (checked when fitting starts; :func:`resolve_switch_epoch`).
+        robustness: ``None`` (off) or ``{"shift": s, "grid": g}`` (optional ``"seed"``, default 0): every test
+            batch is also classified shifted ``s`` pixels right and down with zero fill
+            (:func:`hybridpool.robustness.shift_image`, metric ``test_shift/acc``) and cut into ``g x g`` tiles
+            shuffled by a fixed non-identity permutation (:func:`hybridpool.robustness.permute_grid`, metric
+            ``test_grid/acc``); either key may be ``None`` to skip that test. Images only: not with
+            ``from_features``.
     """
 
     def __init__(
@@ -179,6 +310,9 @@ class ClassificationModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         log_pool_every_n_steps: int = 50,
         from_features: bool = False,
+        pool_schedule: str = "joint",
+        switch_epoch: int | None = None,
+        robustness: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if scheduler not in SCHEDULES:
@@ -195,6 +329,27 @@ class ClassificationModule(pl.LightningModule):
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if pool_schedule not in POOL_SCHEDULES:
+            raise ValueError(f"unknown pool_schedule {pool_schedule!r}; accepted: {', '.join(POOL_SCHEDULES)}")
+        if pool_schedule == "freeze_and_train":
+            check_freeze_and_train_pool(model.pool)
+            if switch_epoch is not None:
+                resolve_switch_epoch(switch_epoch, None)  # type and >= 1 now; < max_epochs when fitting starts
+            if getattr(model.pool, "init", None) != "gap":
+                warnings.warn(
+                    f"pool_schedule='freeze_and_train' is meant for pool.init='gap' (stage 1 = plain GAP); with "
+                    f"init={getattr(model.pool, 'init', None)!r} stage 1 trains with the fixed initial mixing weights",
+                    stacklevel=2,
+                )
+        elif switch_epoch is not None:
+            raise ValueError(f"switch_epoch={switch_epoch} is only used with pool_schedule='freeze_and_train'")
+        robust = check_robustness(robustness)
+        if robust and from_features:
+            raise ValueError(
+                "robustness tests transform the input images, but this run trains from cached backbone features "
+                "(from_features=True: a frozen backbone with the feature cache); set module.robustness=null, or "
+                "features.enabled=false to run the frozen backbone on images"
+            )
         self.model = model
         self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, lr=1e-3)
         self.scheduler_name = scheduler
@@ -211,6 +366,12 @@ class ClassificationModule(pl.LightningModule):
         self.label_smoothing = float(label_smoothing)
         self.log_pool_every_n_steps = int(log_pool_every_n_steps)
         self.from_features = bool(from_features)
+        self.pool_schedule = pool_schedule
+        self.switch_epoch = switch_epoch
+        self._switch_epoch: int | None = None  # resolved when fitting starts
+        self._stage = 0  # 0: joint; 1 or 2: the stage of freeze_and_train of the current training epoch
+        self.robustness = robust
+        self._grid_perm = grid_permutation(robust["grid"], robust["seed"]) if "grid" in robust else None
         self.run_config: dict[str, Any] | None = None  # stored in checkpoints when set
         self._restore_rng: dict[str, Any] | None = None
 
@@ -225,6 +386,9 @@ class ClassificationModule(pl.LightningModule):
         self.val_metrics = base.clone(prefix="val/")
         self.test_metrics = base.clone(prefix="test/")
         self.train_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self.robust_metrics = nn.ModuleDict(
+            {kind: MulticlassAccuracy(num_classes=n, average="micro") for kind in ("shift", "grid") if kind in robust}
+        )
         self._val_mix: list[torch.Tensor] = []
         self._val_entropy: list[float] = []
         self._epoch_times: list[float] = []  # seconds of training per epoch of this fit
@@ -235,13 +399,21 @@ class ClassificationModule(pl.LightningModule):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (B, C_in, H, W)`` images (or ``(B, C, H', W')`` features when ``from_features``) -> logits."""
+        return self.model.forward_head(self._features(x))
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map ``(B, C, H', W')`` of ``x``; in stage 2 of freeze_and_train without a graph."""
         if self.from_features:
-            return self.model.forward_head(x)
-        return self.model(x)
+            return x
+        if self._stage == 2 and self._trainer is not None and self.trainer.world_size == 1:
+            # the backbone gets no update in stage 2: no backward through it (DDP keeps the full graph instead,
+            # it expects a gradient for every parameter; the gradients are dropped in on_after_backward)
+            with torch.no_grad():
+                return self.model.forward_features(x)
+        return self.model.forward_features(x)
 
     def _forward_extras(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        fmap = x if self.from_features else self.model.forward_features(x)
-        return self.model.forward_head(fmap, return_extras=True)
+        return self.model.forward_head(self._features(x), return_extras=True)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -273,8 +445,67 @@ class ClassificationModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._epoch_times = []
+        fast_dev_run = bool(getattr(self.trainer, "fast_dev_run", False))
+        self._switch_epoch = self.schedule_info(self.trainer.max_epochs, fast_dev_run)["switch_epoch"]
+
+    # ------------------------------------------------------------------ freeze_and_train
+    def stage_of_epoch(self, epoch: int) -> int:
+        """0 with ``pool_schedule="joint"``; 1 before the switch epoch, 2 from it on with ``freeze_and_train``."""
+        if self.pool_schedule != "freeze_and_train":
+            return 0
+        switch = self._switch_epoch if self._switch_epoch is not None else self.switch_epoch
+        if switch is None:
+            raise RuntimeError("the switch epoch is resolved when fitting starts (on_fit_start)")
+        return 1 if epoch < switch else 2
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The parameters that get no update in the current stage: mixing (stage 1), backbone (stage 2)."""
+        if self._stage == 1:
+            return mixing_parameters(self.model.pool)
+        if self._stage == 2:
+            return list(self.model.backbone.parameters())
+        return []
+
+    def schedule_info(self, max_epochs: int | None, fast_dev_run: bool = False) -> dict[str, Any]:
+        """``{"pool_schedule", "switch_epoch"}``, the switch epoch resolved for ``max_epochs`` (``None``: joint).
+
+        Raises ``ValueError`` for a switch epoch that leaves a stage empty (:func:`resolve_switch_epoch`); with
+        ``fast_dev_run`` (a one-batch smoke test, where Lightning sets ``max_epochs=1``) it is not checked.
+        """
+        if self.pool_schedule == "joint":
+            switch = None
+        elif fast_dev_run:
+            switch = self.switch_epoch or 1
+        else:
+            switch = resolve_switch_epoch(self.switch_epoch, max_epochs)
+        return {"pool_schedule": self.pool_schedule, "switch_epoch": switch}
+
+    def _apply_stage(self) -> None:
+        stage = self.stage_of_epoch(self.current_epoch)
+        if stage == 2 and self._stage != 2 and self.trainer.is_global_zero:
+            print(
+                f"[hybridpool] freeze_and_train: epoch {self.current_epoch}, stage 2: backbone frozen (eval mode), "
+                "pool + head train",
+                flush=True,
+            )
+        self._stage = stage
+        if stage == 2:
+            self.model.backbone.eval()
+
+    def train(self, mode: bool = True) -> ClassificationModule:
+        """Train/eval mode; in stage 2 of freeze_and_train the backbone stays in eval mode (BatchNorm fixed)."""
+        super().train(mode)
+        if mode and getattr(self, "_stage", 0) == 2:
+            self.model.backbone.eval()
+        return self
+
+    def on_after_backward(self) -> None:
+        """Drop the gradients of the frozen set (``frozen_parameters``): the optimizer then skips them."""
+        for p in self.frozen_parameters():
+            p.grad = None
 
     def on_train_epoch_start(self) -> None:
+        self._apply_stage()
         self._sync()
         self._epoch_t0 = time.perf_counter()
         self._epoch_val_s = 0.0
@@ -306,6 +537,8 @@ class ClassificationModule(pl.LightningModule):
             mean = float(np.mean(self._epoch_times))
             for key, value in (("time/epoch_s", seconds), ("time/epoch_s_mean", mean)):  # DDP: mean over ranks
                 self.log(key, value, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
+        if self.pool_schedule == "freeze_and_train":
+            self.log("schedule/stage", float(self._stage), on_step=False, on_epoch=True, batch_size=1)
         self._log_pool_stats(on_step=False)
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
@@ -326,6 +559,13 @@ class ClassificationModule(pl.LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
+        if self.robustness:
+            x, y = batch
+            if "shift" in self.robust_metrics:
+                self.robust_metrics["shift"].update(self(shift_image(x, self.robustness["shift"])), y)
+            if "grid" in self.robust_metrics:
+                moved = permute_grid(x, self.robustness["grid"], perm=self._grid_perm)
+                self.robust_metrics["grid"].update(self(moved), y)
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
@@ -347,6 +587,9 @@ class ClassificationModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
+        for kind, metric in self.robust_metrics.items():  # test_shift/acc, test_grid/acc
+            self.log(f"test_{kind}/acc", metric.compute())
+            metric.reset()
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:

@@ -358,7 +358,9 @@ def train(
         _restore_loader_on_resume(fit_dm, module)
 
         auto_tags = _auto_tags(cfg, dm, model)
-        record.update(tags=auto_tags, model=model.describe(), data=_describe(dm))
+        # the pool schedule with its switch epoch resolved; a bad switch_epoch fails here, before the trainer exists
+        schedule = module.schedule_info(cfg.trainer.get("max_epochs"), bool(cfg.trainer.get("fast_dev_run")))
+        record.update(tags=auto_tags, model=model.describe(), data=_describe(dm), schedule=schedule)
         if previous and rank_zero:
             _keep_previous_csv(output_dir, record)
         for node in (cfg.get("logger") or {}).values():
@@ -419,7 +421,7 @@ def train(
         metrics["global_step"] = float(trainer.global_step)
         metrics = {k: v for k, v in metrics.items() if not k.endswith("_step")}
         if loggers and rank_zero:  # other ranks hold a dummy W&B experiment
-            summary = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
+            summary = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("val/", "test/", "test_"))}
             for lg in loggers:
                 if hasattr(lg, "hybridpool_mode"):
                     lg.experiment.summary.update({**summary, "status": "completed"})

@@ -185,10 +185,12 @@ def main() -> int:
     say(f"fresh process: python + import torch, lightning, torchvision, wandb, hybridpool: "
         f"{' '.join(f'{x:.1f}' for x in imp)} s (min {min(imp):.1f})")
 
+    had_cache = (work / "cache").is_dir() and any((work / "cache").iterdir())
     warm_cmd = [*py, *common, "trainer.max_epochs=1", "logger=none", "callbacks=none",
                 f"hydra.run.dir={work / 'warm'}"]
     wall, rc = _run(warm_cmd, env, work, work / "warm.log")
-    say(f"feature cache warm-up (MobileNetV2 over 1,360 images, once; 1 epoch): {wall:.1f} s (rc {rc})")
+    cached = "read from the cache" if had_cache else "MobileNetV2 over 1,360 images, computed once"
+    say(f"feature cache warm-up ({cached}; 1 epoch): {wall:.1f} s (rc {rc})")
     if rc != 0:
         say(f"warm-up failed, see {work / 'warm.log'}")
         Path(args.out).write_text("\n".join(lines) + "\n")

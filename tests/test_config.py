@@ -53,7 +53,7 @@ def test_pool_configs_build_through_the_classifier(name, make_cfg):
 
     from hybridpool.models import Classifier, SmallCNN
 
-    cfg = make_cfg([f"pool={name}"])
+    cfg = make_cfg([f"pool={name}", *(["pool.spatial_size=[8,6]"] if name == "flatten" else [])])
     backbone = SmallCNN(3, (8, 16))
     model = Classifier(backbone, instantiate(cfg.pool), num_classes=3)
     out = model(torch.randn(2, 3, 16, 12))

@@ -8,6 +8,7 @@ from . import functional
 from ._base import PoolBase
 from .attention import AttentionPool, QueryAttentionPool
 from .factory import create_pool, known_pools, pooling_parameters
+from .flatten import Flatten
 from .hybrid import MIXING_MODES, HybridPool
 from .layers import GeM, GlobalAvgPool, GlobalMaxPool, KMaxPool, LSEPool
 from .surgery import swap_global_pool
@@ -15,6 +16,7 @@ from .surgery import swap_global_pool
 __all__ = [
     "MIXING_MODES",
     "AttentionPool",
+    "Flatten",
     "GeM",
     "GlobalAvgPool",
     "GlobalMaxPool",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._base import PoolBase
 from .attention import AttentionPool, QueryAttentionPool
+from .flatten import Flatten
 from .layers import GeM, GlobalAvgPool, GlobalMaxPool, KMaxPool, LSEPool
 
 SINGLE_POOLS: dict[str, type[PoolBase]] = {
@@ -14,6 +15,7 @@ SINGLE_POOLS: dict[str, type[PoolBase]] = {
     "kmax": KMaxPool,
     "attn": AttentionPool,
     "qattn": QueryAttentionPool,
+    "flatten": Flatten,  # not a pooling: the whole map to the head; needs spatial_size=(H, W)
 }
 
 ALIASES: dict[str, str] = {

@@ -32,7 +32,7 @@ POOL_NAMES = {
     "hybrid_channel": "Hybrid (channel)",
     "hybrid_gate": "Hybrid (gate)",
     "hybrid_concat": "Hybrid (concat)",
-    "flatten_fc": "Flatten + FC",
+    "flatten": "Flatten + FC",
 }
 
 

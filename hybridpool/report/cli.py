@@ -5,7 +5,8 @@
     hybridpool-report --wandb ENTITY/PROJECT --out report/         # online W&B runs
 
 Writes into ``--out``: ``summary.md``, ``summary.html``, ``tables/*.tex`` (booktabs; the paper inputs them),
-``figures/*.{png,pdf}``, ``macros.tex`` and ``results.tex`` (the paper's generated results section),
+``figures/*.{png,pdf}``, ``macros.tex`` and ``results.tex`` (the paper's generated results section), ``claims.tex``
+(each named claim of the study tested from the records: where the results agree with it and where not),
 ``runs.csv`` (one row per run), ``report.json`` (every number, machine-readable). Failed, unfinished and missing
 runs are listed in the summary and in ``report.json``; ``--strict`` makes them an error (exit code 1).
 """
@@ -35,7 +36,38 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def _report_json(analysis: Any) -> dict[str, Any]:
+def _claims_json(claims: Any) -> list[dict[str, Any]]:
+    from dataclasses import asdict
+
+    out = []
+    for r in claims:
+        findings = []
+        for f in r.findings:
+            findings.append(
+                {
+                    "test": f.test,
+                    "block": list(f.block) if f.block else None,
+                    "verdict": f.verdict,
+                    "text": f.text,
+                    "comparison": asdict(f.comparison) if f.comparison is not None else None,
+                    "steps": [asdict(s) for s in f.steps],
+                }
+            )
+        c = r.claim
+        out.append(
+            {
+                "key": c.key,
+                "title": c.title,
+                "source": c.source,
+                "overall": r.overall,
+                "summary": r.summary,
+                "findings": findings,
+            }
+        )
+    return out
+
+
+def _report_json(analysis: Any, claims: Any = ()) -> dict[str, Any]:
     from dataclasses import asdict
 
     study = analysis.study
@@ -70,6 +102,7 @@ def _report_json(analysis: Any) -> dict[str, Any]:
             "problems": [asdict(p) for p in study.problems],
             "notes": analysis.notes,
             "cells": cells,
+            "claims": _claims_json(claims),
         }
     )
 
@@ -99,14 +132,15 @@ def write_report(
 ) -> dict[str, Any]:
     """Read the runs under ``paths`` (and ``wandb_project``), analyse them and write the report into ``out``.
 
-    Returns ``{"analysis": Analysis, "tables": {...}, "files": [Path, ...]}``. Raises ``ValueError`` when no run
-    is found.
+    Returns ``{"analysis": Analysis, "tables": {...}, "claims": [ClaimResult, ...], "files": [Path, ...]}``.
+    Raises ``ValueError`` when no run is found.
     """
     from hybridpool.report.analysis import analyse
-    from hybridpool.report.latex import write_macros, write_results_body
+    from hybridpool.report.latex import write_claims, write_macros, write_results_body
     from hybridpool.report.records import group_runs, load_runs
     from hybridpool.report.summary import write_summaries
-    from hybridpool.report.tables import build_tables, write_latex
+    from hybridpool.report.tables import PIPELINE_CHECK, build_tables, write_latex
+    from hybridpool.report.verdicts import claim_tables, evaluate_claims
 
     runs = load_runs(paths, wandb_offline=wandb_offline, wandb_project=wandb_project)
     if not runs:
@@ -130,12 +164,18 @@ def write_report(
         files += [p for v in figs.values() for p in v]
     files.append(write_macros(analysis, out / "macros.tex", command))
     files.append(write_results_body(analysis, tables, out / "results.tex"))
-    files += write_summaries(analysis, tables, figs, out, command)
+    claims = evaluate_claims(study, level)
+    claim_tabs = {r.claim.key: claim_tables(r, study, level) for r in claims}
+    if study.fixture:
+        for t in (t for ts in claim_tabs.values() for t in ts):
+            t.caption = f"{PIPELINE_CHECK}. {t.caption}"
+    files.append(write_claims(claims, claim_tabs, out / "claims.tex", level))
+    files += write_summaries(analysis, tables, figs, out, command, claims, claim_tabs)
     files.append(_runs_csv(study, out / "runs.csv"))
     rj = out / "report.json"
-    rj.write_text(json.dumps(_report_json(analysis), indent=1, default=str) + "\n")
+    rj.write_text(json.dumps(_report_json(analysis, claims), indent=1, default=str) + "\n")
     files.append(rj)
-    return {"analysis": analysis, "tables": tables, "files": files}
+    return {"analysis": analysis, "tables": tables, "claims": claims, "files": files}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[hybridpool-report]   {problem_line(p)}")
     for n in analysis.notes:
         print(f"[hybridpool-report]   not compared: {n}")
+    for r in result["claims"]:
+        print(f"[hybridpool-report] claim {r.claim.key} ({r.claim.title}): {r.overall}")
     print(
         f"[hybridpool-report] wrote {len(result['files'])} files to {args.out} "
         f"(summary: {Path(args.out) / 'summary.md'})"

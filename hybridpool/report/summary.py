@@ -11,8 +11,9 @@ import html
 from pathlib import Path
 
 from hybridpool.report.analysis import Analysis, pool_name
-from hybridpool.report.latex import comparison_sentences
+from hybridpool.report.latex import CLAIMS_INTRO, comparison_sentences
 from hybridpool.report.tables import PIPELINE_CHECK, Table, problem_line, to_html, to_markdown
+from hybridpool.report.verdicts import ClaimResult
 
 __all__ = ["write_summaries"]
 
@@ -26,7 +27,28 @@ FIGURE_TITLES = {
 }
 
 
-def _blocks(analysis: Analysis, tables: dict[str, Table], figures: dict[str, list[Path]], command: str) -> list:
+def _claim_blocks(claims: list[ClaimResult], tables: dict[str, list[Table]], level: float) -> list:
+    """The "Claims" section: per claim its verdict, one line per test, one item per data set, its tables."""
+    out: list[tuple[str, object]] = [("h2", "Claims"), ("para", CLAIMS_INTRO.format(level=round(100 * level)))]
+    for r in claims:
+        c = r.claim
+        out.append(("h3", f"{c.key}: {c.title}"))
+        note = f" {c.note}" if c.note else ""
+        lines = " ".join(s + "." for s in r.summary)
+        out.append(("para", f"Source: {c.source}. Verdict: {r.overall}. {lines}{note}"))
+        out.append(("list", [f.text for f in r.findings]))
+        out += [("table", t) for t in tables.get(c.key, [])]
+    return out
+
+
+def _blocks(
+    analysis: Analysis,
+    tables: dict[str, Table],
+    figures: dict[str, list[Path]],
+    command: str,
+    claims: list[ClaimResult] | None = None,
+    claim_tables: dict[str, list[Table]] | None = None,
+) -> list:
     """The summary as a list of ``(kind, payload)``: heading, para, list, table, figure."""
     study = analysis.study
     counts = study.counts()
@@ -61,6 +83,8 @@ def _blocks(analysis: Analysis, tables: dict[str, Table], figures: dict[str, lis
     if sentences:
         out.append(("h3", f"Comparisons with {pool_name(analysis.baseline)}"))
         out.append(("list", sentences))
+    if claims is not None:
+        out += _claim_blocks(claims, claim_tables or {}, analysis.level)
     out.append(("h2", "Figures"))
     for name, paths in figures.items():
         png = [p for p in paths if p.suffix == ".png"]
@@ -126,10 +150,19 @@ def _html(blocks: list, title: str) -> str:
 
 
 def write_summaries(
-    analysis: Analysis, tables: dict[str, Table], figures: dict[str, list[Path]], out: Path, command: str
+    analysis: Analysis,
+    tables: dict[str, Table],
+    figures: dict[str, list[Path]],
+    out: Path,
+    command: str,
+    claims: list[ClaimResult] | None = None,
+    claim_tables: dict[str, list[Table]] | None = None,
 ) -> list[Path]:
-    """``<out>/summary.md`` (figures linked) and ``<out>/summary.html`` (figures embedded)."""
-    blocks = _blocks(analysis, tables, figures, command)
+    """``<out>/summary.md`` (figures linked) and ``<out>/summary.html`` (figures embedded).
+
+    ``claims`` (with ``claim_tables`` by claim key) adds the "Claims" section after the results.
+    """
+    blocks = _blocks(analysis, tables, figures, command, claims, claim_tables)
     md = out / "summary.md"
     md.write_text(_markdown(blocks, out))
     page = out / "summary.html"
