@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The study of paper/: every sweep, in order, then its small records copied into paper/results/.
 #
-#   scripts/run_study.sh                    # all parts; about 2 hours on a 2-core CPU (see paper/results/README.md)
-#   STUDY_PARTS="fg synth" scripts/run_study.sh     # some parts: fg fg_cub fg_extra effnet synth fashion
+#   scripts/run_study.sh                    # all parts; its wall time on a 2-core CPU: paper/results/README.md
+#   STUDY_PARTS="fg synth" scripts/run_study.sh     # some parts: fg fg_extra synth fashion fg_cub effnet
 #   STUDY_DIR=/tmp/study STUDY_WORKERS=2 scripts/run_study.sh
 #
 # Needs the offline data (HYBRIDPOOL_DATA_ROOT, TORCH_HOME; see ../shared/data/README.md) and the joblib launcher
@@ -16,7 +16,7 @@ PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 STUDY_DIR="${STUDY_DIR:-outputs/study}"
 WORKERS="${STUDY_WORKERS:-2}"
-PARTS="${STUDY_PARTS:-fg fg_cub fg_extra effnet synth fashion}"
+PARTS="${STUDY_PARTS:-fg fg_extra synth fashion fg_cub effnet}"
 RESULTS="${STUDY_RESULTS:-paper/results}"
 export WANDB_MODE="${WANDB_MODE:-offline}"
 mkdir -p "$STUDY_DIR"
@@ -36,10 +36,11 @@ sweep() {
     say "sweep $name: exit $?, $(( $(date +%s) - t0 )) s; $(grep -h 'sweep summary' -A1 "$STUDY_DIR/$name.log" | tail -n 1)"
 }
 
-# compute a frozen backbone's feature cache once, before parallel jobs need it (one epoch, nothing kept)
+# compute a frozen backbone's feature cache (train, val and test splits) once, before parallel jobs need it
+# (one epoch, nothing kept)
 warm() {
     local t0; t0=$(date +%s)
-    train "$@" trainer.max_epochs=1 logger=none callbacks=none test=false "hydra.run.dir=$STUDY_DIR/_warm" \
+    train "$@" trainer.max_epochs=1 logger=none callbacks=none "hydra.run.dir=$STUDY_DIR/_warm" \
         >> "$STUDY_DIR/warm.log" 2>&1
     say "feature cache for $*: exit $?, $(( $(date +%s) - t0 )) s"
 }
@@ -47,20 +48,20 @@ warm() {
 FG_POOLS="avg,max,gem,lse,kmax,attn,qattn,hybrid_scalar,hybrid_channel,hybrid_gate,hybrid_concat"
 # the single and hybrid pools of the fine-grained block, with and without post-pool BatchNorm
 fg_pools() {
-    local prefix="$1" data="$2" seeds="$3"
-    sweep "$prefix-pools" experiment=study_fg "data=$data" "pool=$FG_POOLS" "seed=$seeds"
+    local prefix="$1" data="$2" seeds="$3"; shift 3
+    sweep "$prefix-pools" experiment=study_fg "data=$data" "pool=$FG_POOLS" "seed=$seeds" "$@"
     sweep "$prefix-nobn" experiment=study_fg "data=$data" pool=avg,max,gem,hybrid_scalar model.post_bn=false \
-        "seed=$seeds"
+        "seed=$seeds" "$@"
 }
 # the flatten + FC head, GeM with fixed p between GAP (p=1) and max, and the two-branch hybrid trained jointly
 # or freeze-and-train
 fg_extra() {
-    local prefix="$1" data="$2" seeds="$3"
+    local prefix="$1" data="$2" seeds="$3"; shift 3
     sweep "$prefix-gem-fixed-p" experiment=study_fg "data=$data" pool=gem pool.learn_p=false pool.p=2,4,8 \
-        "seed=$seeds"
-    sweep "$prefix-flatten" experiment=study_fg "data=$data" pool=flatten "pool.spatial_size=[7,7]" "seed=$seeds"
+        "seed=$seeds" "$@"
+    sweep "$prefix-flatten" experiment=study_fg "data=$data" pool=flatten "pool.spatial_size=[7,7]" "seed=$seeds" "$@"
     sweep "$prefix-schedule" experiment=study_fg "data=$data" pool=hybrid_scalar "pool.branches=[avg,max]" \
-        pool.init=gap module.pool_schedule=joint,freeze_and_train "seed=$seeds"
+        pool.init=gap module.pool_schedule=joint,freeze_and_train "seed=$seeds" "$@"
 }
 
 SWEEPS=()
@@ -73,18 +74,19 @@ for part in $PARTS; do
         warm experiment=study_fg data=dtd
         fg_pools fg flowers17,dtd 0,1,2,3,4
         ;;
-    fg_cub)
-        warm experiment=study_fg data=cub
-        fg_pools fg-cub cub 0,1,2
-        ;;
     fg_extra)
         fg_extra fg flowers17,dtd 0,1,2,3,4
-        fg_extra fg-cub cub 0,1,2
+        ;;
+    fg_cub)
+        # 3 seeds and 10 epochs: CUB's training split is 3.2x Flowers-17's
+        warm experiment=study_fg data=cub
+        fg_pools fg-cub cub 0,1,2 trainer.max_epochs=10
+        fg_extra fg-cub cub 0,1,2 trainer.max_epochs=10
         ;;
     effnet)
         warm experiment=study_fg model=efficientnet_lite0 data=flowers17
         sweep effnet experiment=study_fg model=efficientnet_lite0 data=flowers17 \
-            pool=avg,max,gem,kmax,attn,hybrid_scalar,hybrid_channel seed=0,1,2
+            pool=avg,max,gem,kmax,hybrid_scalar seed=0,1,2
         ;;
     synth)
         sweep synth experiment=study_synth data=synth_texture,synth_detail,synth_finegrained \
@@ -95,12 +97,12 @@ for part in $PARTS; do
     fashion)
         sweep fashion experiment=study_fashion pool=avg,max,gem,hybrid_scalar seed=0,1,2
         sweep fashion-flatten experiment=study_fashion pool=flatten "pool.spatial_size=[7,7]" seed=0,1,2
-        sweep fashion-10pct experiment=study_fashion pool=avg,max data.train_fraction=0.1 trainer.max_epochs=15 \
+        sweep fashion-10pct experiment=study_fashion pool=avg,max data.train_fraction=0.1 trainer.max_epochs=10 \
             seed=0,1,2
         sweep fashion-10pct-flatten experiment=study_fashion pool=flatten "pool.spatial_size=[7,7]" \
-            data.train_fraction=0.1 trainer.max_epochs=15 seed=0,1,2
+            data.train_fraction=0.1 trainer.max_epochs=10 seed=0,1,2
         ;;
-    *) say "unknown part '$part' (known: fg fg_cub fg_extra effnet synth fashion)"; exit 2 ;;
+    *) say "unknown part '$part' (known: fg fg_extra synth fashion fg_cub effnet)"; exit 2 ;;
     esac
 done
 say "study: $(( $(date +%s) - T0 )) s wall in all"
