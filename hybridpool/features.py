@@ -38,6 +38,7 @@ __all__ = [
     "FeatureCache",
     "FeatureDataModule",
     "default_cache_dir",
+    "images_identity",
     "weights_digest",
 ]
 
@@ -249,6 +250,20 @@ class FeatureCache:
         return found
 
 
+#: datamodule description keys that do not change the images of the eval transforms (training seed, augmentation)
+NOT_IN_CACHE_KEY = ("seed", "augment", "train_transform")
+
+
+def images_identity(description: dict[str, Any]) -> dict[str, Any]:
+    """A datamodule's ``describe()`` without what the cached eval-transform images do not depend on.
+
+    The split's images are fixed by ``split_digest`` (the indices), ``sources`` and ``root``, their pixels by
+    ``eval_transform``; the training ``seed`` (batch order, initialisation), ``augment`` and ``train_transform``
+    change neither, so runs that differ only in those share one cache entry.
+    """
+    return {k: v for k, v in description.items() if k not in NOT_IN_CACHE_KEY}
+
+
 def _progress(iterable: Any, desc: str) -> Any:
     try:
         from tqdm.auto import tqdm
@@ -313,7 +328,7 @@ class FeatureDataModule(pl.LightningDataModule):
 
     def _split(self, split: str) -> CachedFeatureDataset:
         if split not in self.datasets:
-            description = self.datamodule.describe()
+            description = images_identity(self.datamodule.describe())
             self.datasets[split] = self.cache.get(
                 self.backbone, self.datamodule.eval_dataset(split), description, split
             )

@@ -521,7 +521,9 @@ def _output_paths(
     if ckpt_cb is not None:
         paths["checkpoint_dir"] = ckpt_cb.dirpath
         paths["best_checkpoint"] = ckpt_cb.best_model_path or None
-        paths["last_checkpoint"] = ckpt_cb.last_model_path or None
+        # the latest checkpoint: the monitor-free ModelCheckpoint that writes last.ckpt every epoch, if any
+        latest = [cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor is None]
+        paths["last_checkpoint"] = next((p for p in latest if p), None) or ckpt_cb.last_model_path or None
     for lg in loggers:
         if type(lg).__name__ == "CSVLogger":
             paths["metrics_csv"] = str(Path(lg.log_dir) / "metrics.csv")

@@ -117,6 +117,20 @@ def test_feature_datamodule_serves_cached_maps(tmp_path):
     assert len(fdm.eval_dataset("val")) == 8  # images, for the attention maps
 
 
+def test_runs_that_differ_only_in_seed_or_augmentation_share_one_entry(tmp_path):
+    bb = _backbone()
+    first = FeatureDataModule(_dm(seed=0, split_seed=0), bb, FeatureCache(tmp_path))
+    first.setup("fit")
+    second = FeatureDataModule(_dm(seed=1, split_seed=0, augment=True), bb, FeatureCache(tmp_path))
+    second.setup("fit")
+    assert [e.kind for e in first.cache.events] == ["miss", "miss"]
+    assert [e.kind for e in second.cache.events] == ["hit", "hit"]
+    torch.testing.assert_close(first.datasets["train"][[0, 1]][0], second.datasets["train"][[0, 1]][0])
+    third = FeatureDataModule(_dm(seed=1, split_seed=1), bb, FeatureCache(tmp_path))  # another split
+    third.setup("fit")
+    assert [e.kind for e in third.cache.events] == ["miss", "miss"]
+
+
 def test_frozen_backbone_run_trains_from_the_cache_and_reuses_it(make_cfg, train_env, run_path):
     over = ["model.freeze_backbone=true", "trainer.max_epochs=2", "pool=gem"]
     first = train(make_cfg(over, name="f1"))

@@ -170,3 +170,20 @@ def test_cli_multirun_gives_each_job_its_own_results_and_wandb_run(train_env, ti
     assert len(ids) == 2
     tags = {t for job in ("0", "1") for t in json.loads((sweep / job / "results.json").read_text())["tags"]}
     assert {"pool:avg", "pool:gem"} <= tags
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_val_acc_stops_improving(make_cfg, train_env, run_path):
+    import torch
+
+    # "best" = the lowest epoch: the best checkpoint stays at epoch 0 while last.ckpt must follow every epoch
+    # (Lightning's own save_last only rewrites last.ckpt when a new best is saved)
+    cfg = make_cfg([*SHORT_FIT, "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"],
+                   name="flat")
+    train(cfg)
+    rec = read_results(run_path("flat"))
+    last = torch.load(rec["paths"]["last_checkpoint"], map_location="cpu", weights_only=False)
+    best = torch.load(rec["paths"]["best_checkpoint"], map_location="cpu", weights_only=False)
+    assert Path(rec["paths"]["last_checkpoint"]).name == "last.ckpt"
+    assert (best["epoch"], last["epoch"]) == (0, 2)
+    assert sorted(p.name for p in Path(rec["paths"]["last_checkpoint"]).parent.iterdir()) == [
+        "best-epoch000.ckpt", "last.ckpt"]
