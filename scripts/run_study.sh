@@ -17,6 +17,9 @@ PY="${PYTHON:-.venv/bin/python}"
 STUDY_DIR="${STUDY_DIR:-outputs/study}"
 WORKERS="${STUDY_WORKERS:-2}"
 PARTS="${STUDY_PARTS:-fg fg_extra synth fashion fg_cub effnet}"
+# seeds of the Flowers-17 / DTD cells (CUB, synthetic and Fashion-MNIST cells: 3); more seeds later = more jobs,
+# the finished ones are skipped: STUDY_SEEDS=0,1,2,3,4 scripts/run_study.sh
+SEEDS="${STUDY_SEEDS:-0,1,2}"
 RESULTS="${STUDY_RESULTS:-paper/results}"
 export WANDB_MODE="${WANDB_MODE:-offline}"
 mkdir -p "$STUDY_DIR"
@@ -72,16 +75,19 @@ for part in $PARTS; do
     fg)
         warm experiment=study_fg data=flowers17
         warm experiment=study_fg data=dtd
-        fg_pools fg flowers17,dtd 0,1,2,3,4
+        fg_pools fg flowers17,dtd "$SEEDS"
         ;;
     fg_extra)
-        fg_extra fg flowers17,dtd 0,1,2,3,4
+        fg_extra fg flowers17,dtd "$SEEDS"
         ;;
     fg_cub)
-        # 3 seeds and 10 epochs: CUB's training split is 3.2x Flowers-17's
+        # CUB's training split is 3.2x Flowers-17's: 8 epochs and a subset of the arms
         warm experiment=study_fg data=cub
-        fg_pools fg-cub cub 0,1,2 trainer.max_epochs=10
-        fg_extra fg-cub cub 0,1,2 trainer.max_epochs=10
+        sweep fg-cub-pools experiment=study_fg data=cub pool=avg,max,gem,kmax,attn,hybrid_scalar,hybrid_channel \
+            trainer.max_epochs=8 seed=0,1,2
+        sweep fg-cub-nobn experiment=study_fg data=cub pool=avg,max model.post_bn=false trainer.max_epochs=8 seed=0,1,2
+        sweep fg-cub-schedule experiment=study_fg data=cub pool=hybrid_scalar "pool.branches=[avg,max]" pool.init=gap \
+            module.pool_schedule=joint,freeze_and_train trainer.max_epochs=8 seed=0,1,2
         ;;
     effnet)
         warm experiment=study_fg model=efficientnet_lite0 data=flowers17
@@ -90,17 +96,16 @@ for part in $PARTS; do
         ;;
     synth)
         sweep synth experiment=study_synth data=synth_texture,synth_detail,synth_finegrained \
-            pool=avg,max,gem,attn,hybrid_scalar,hybrid_gate seed=0,1,2
+            pool=avg,max,gem,attn,hybrid_scalar seed=0,1,2
         sweep synth-flatten experiment=study_synth data=synth_texture,synth_detail,synth_finegrained \
             pool=flatten "pool.spatial_size=[8,8]" seed=0,1,2
         ;;
     fashion)
-        sweep fashion experiment=study_fashion pool=avg,max,gem,hybrid_scalar seed=0,1,2
+        sweep fashion experiment=study_fashion pool=avg,max,hybrid_scalar seed=0,1,2
         sweep fashion-flatten experiment=study_fashion pool=flatten "pool.spatial_size=[7,7]" seed=0,1,2
-        sweep fashion-10pct experiment=study_fashion pool=avg,max data.train_fraction=0.1 trainer.max_epochs=10 \
-            seed=0,1,2
+        sweep fashion-10pct experiment=study_fashion pool=avg data.train_fraction=0.1 trainer.max_epochs=5 seed=0,1,2
         sweep fashion-10pct-flatten experiment=study_fashion pool=flatten "pool.spatial_size=[7,7]" \
-            data.train_fraction=0.1 trainer.max_epochs=10 seed=0,1,2
+            data.train_fraction=0.1 trainer.max_epochs=5 seed=0,1,2
         ;;
     *) say "unknown part '$part' (known: fg fg_extra synth fashion fg_cub effnet)"; exit 2 ;;
     esac
