@@ -5,14 +5,28 @@ backward, and autograd writes and sums four full-size gradients. Here they share
 
 - one ``amax`` serves the max branch and stabilises GeM (``u = x / max`` lies in ``(0, 1]``, so ``u^p`` never
   overflows, in any dtype);
-- GeM keeps only ``u^(p-1)`` for backward (one tensor the size of the input; backward needs no ``log``/``exp``);
+- GeM keeps at most ``u^(p-1)`` for backward (:class:`FusedBranches`: one tensor the size of the input; backward
+  then needs no ``log``/``exp``);
 - backward writes one gradient buffer and accumulates every branch into it in place.
 
-Under ``torch.compile`` the elementwise work fuses into a few loops, and ``log``/``exp`` use the short polynomial
-forms below (relative error < 1e-6 in float32), which is where GeM's time goes on a CPU.
+Two implementations share this maths:
+
+- :class:`BlockedBranches`, for eager code on a CPU: a block of samples at a time (about 2 MiB of ``x``), so that
+  every branch reads the block while it is in cache, GeM's elementwise steps run in place in one block-sized
+  scratch buffer with ``log2``/``exp2`` (the cheapest of torch's logs and exps on a CPU), and backward recomputes
+  ``u^(p-1)`` block by block instead of keeping it; the average and attention terms of the input gradient are a
+  low-rank product added with one ``baddbmm`` per block, and masks are float 0/1 tensors (bool masks and
+  ``masked_fill_`` cost several times more). Nothing input-sized is kept for backward besides ``x`` itself.
+- :class:`FusedBranches`, whole tensors at once, for ``torch.compile`` and GPUs: under ``torch.compile`` the
+  elementwise work fuses into a few loops, and ``log``/``exp`` use the short polynomial forms below (relative error
+  < 1e-6 in float32), which is where GeM's time goes on a CPU.
+
+:func:`pool_branches` picks one (and plain ops, :func:`branch_forward`, while exporting to ONNX).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -204,6 +218,256 @@ class FusedBranches(torch.autograd.Function):
         return grad_x, grad_p, grad_w, grad_log_t, None, None
 
 
+# --- eager CPU path: blocks of samples that stay in cache --------------------------------------------------------
+
+_BLOCK_BYTES = 2 << 20  # bytes of x per block: a block and its one or two scratch buffers stay in the L3 cache
+_KINDS = ("avg", "max", "gem", "attn")
+
+
+def _block_size(x: torch.Tensor) -> int:
+    """Samples per block of the eager CPU path (at least one)."""
+    return max(1, _BLOCK_BYTES // max(1, x[0].numel() * x.element_size()))
+
+
+_UNSHIFTED_LOG2_LIMIT = 100.0  # 2**±100 lies well inside float32's normal range (2**-126 .. 2**128)
+
+
+def _power_form_runs(p: torch.Tensor, log2_scale: torch.Tensor, eps: float) -> list[tuple[int, int, bool]]:
+    """Runs ``(start, stop, unshifted)`` of the samples of a block, by the form GeM's elementwise steps take.
+
+    ``x`` lies in ``[eps, max]`` per row, so ``|p log2 x| <= p * max(|log2 eps|, |log2 max|)``. When that is at most
+    100 for every row of a sample, ``x^p = 2^(p log2 x)`` itself is a normal float32 and the division by ``max^p``
+    can wait for the ``(b, C)`` row sums ("unshifted": a scalar multiply of every element, cheaper than a per-row
+    shift); otherwise (large ``p``, extreme values) and for per-channel ``p``, every row is shifted by ``log2 max``
+    first. The form is chosen per sample, so that it does not depend on the other samples in the block.
+    ``log2_scale``: ``(b, C)``. Synchronises ``p`` (a CPU tensor here).
+    """
+    b = log2_scale.shape[0]
+    if p.dim() or eps <= 0:
+        return [(0, b, False)]
+    bound = log2_scale.abs().amax(1).clamp_min(abs(math.log2(eps)))  # (b,)
+    fits = (bound * float(p) <= _UNSHIFTED_LOG2_LIMIT).tolist()
+    runs, start = [], 0
+    for i in range(1, b + 1):
+        if i == b or fits[i] != fits[start]:
+            runs.append((start, i, fits[start]))
+            start = i
+    return runs
+
+
+def _block_diag_columns(g: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(b, C)`` -> ``(b, C, heads)``: column ``k`` holds ``g`` on the ``k``-th group of ``C / heads`` channels."""
+    b, c = g.shape
+    out = g.new_zeros(b, heads, c // heads, heads)
+    torch.diagonal(out, dim1=1, dim2=3).copy_(g.view(b, heads, c // heads).transpose(1, 2))
+    return out.view(b, c, heads)
+
+
+def blocked_forward(
+    x: torch.Tensor,
+    p: torch.Tensor,
+    weight: torch.Tensor,
+    log_temperature: torch.Tensor,
+    eps: float,
+    branches: tuple[bool, bool, bool, bool],
+    need_p_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`branch_forward` for eager CPU code, a block of samples at a time (one read of ``x`` from memory).
+
+    Every branch reads the block while it is in cache, GeM's elementwise steps run in place in one block-sized
+    scratch buffer, and only per-``(B, C)`` and per-``(B, heads, N)`` tensors are kept for backward (which
+    recomputes GeM's ``u^(p-1)`` block by block). Same arguments and returns as :func:`branch_forward`.
+    """
+    use_avg, use_max, use_gem, use_attn = branches
+    b, c, n = x.shape
+    per = min(b, _block_size(x))
+    outs: dict[str, torch.Tensor] = {}
+    saved: dict[str, torch.Tensor] = {}
+    if use_avg:
+        outs["avg"] = x.new_empty(b, c)
+    if use_max or use_gem:
+        peak = x.new_empty(b, c)
+        saved["peak"] = peak
+        if use_max:
+            outs["max"] = peak
+    if use_gem:
+        p_b = p.view(-1, 1) if p.dim() else p  # () or (C, 1), broadcasts over (b, C, N)
+        s = x.new_empty(b, c)
+        t = x.new_empty(b, c) if need_p_grad else None
+        scratch = x.new_empty(per * c * n)
+        scratch_p = x.new_empty(per * c * n) if need_p_grad else None
+    attn = x.new_empty(0)
+    if use_attn:
+        heads = weight.shape[0]
+        scaled_weight = weight * torch.exp(-log_temperature)  # (heads, C): logits come out divided by T
+        logits = x.new_empty(b, heads, n)
+        attn = x.new_empty(b, heads, n)
+        outs["attn"] = x.new_empty(b, c)
+        saved.update(attn=attn, logits=logits)
+    for b0 in range(0, b, per):
+        b1 = min(b, b0 + per)
+        xc = x[b0:b1]  # (bc, C, N)
+        bc = b1 - b0
+        if use_max or use_gem:
+            torch.amax(xc, 2, out=peak[b0:b1])
+        if use_avg:
+            torch.mean(xc, 2, out=outs["avg"][b0:b1])
+        if use_attn:
+            torch.bmm(scaled_weight.expand(bc, -1, -1), xc, out=logits[b0:b1])
+            torch.softmax(logits[b0:b1], 2, out=attn[b0:b1])
+            torch.bmm(
+                xc.view(bc * heads, c // heads, n),
+                attn[b0:b1].view(bc * heads, n, 1),
+                out=outs["attn"][b0:b1].view(bc * heads, c // heads, 1),
+            )
+        if use_gem:
+            # u^p = 2^(p log2 x - p log2 max): log2 / exp2 are the cheapest of torch's logs and exps on a CPU
+            log2_scale = peak[b0:b1].clamp_min(eps).log2()  # (bc, C)
+            for r0, r1, unshifted in _power_form_runs(p, log2_scale, eps):
+                xr, ls, sr = xc[r0:r1], log2_scale[r0:r1], s[b0 + r0 : b0 + r1]
+                log2_x = torch.clamp(xr, min=eps, out=scratch[: xr.numel()].view_as(xr)).log2_()
+                u_pow_p = scratch_p[: xr.numel()].view_as(xr) if need_p_grad else log2_x
+                if unshifted:  # x^p itself, then / max^p per row
+                    torch.mul(log2_x, p, out=u_pow_p).exp2_()
+                else:
+                    torch.addcmul((ls * -p_b.squeeze(-1)).unsqueeze(2), log2_x, p_b, out=u_pow_p).exp2_()
+                row_factor = torch.exp2(ls * -p) if unshifted else None
+                torch.sum(u_pow_p, 2, out=sr)
+                if row_factor is not None:
+                    sr.mul_(row_factor)
+                if need_p_grad:  # sum u^p log2 u = sum u^p log2 x - log2 max * sum u^p
+                    tr = torch.sum(u_pow_p.mul_(log2_x), 2, out=t[b0 + r0 : b0 + r1])
+                    if row_factor is not None:
+                        tr.mul_(row_factor)
+                    tr.sub_(ls * sr)
+    if use_gem:
+        s.div_(n)  # mean u^p, in [1/N, 1]
+        p_flat = p_b.squeeze(-1) if p.dim() else p
+        outs["gem"] = peak.clamp_min(eps) * s.pow(1.0 / p_flat)
+        saved.update(s=s, y=outs["gem"])
+        if need_p_grad:
+            saved["t"] = t.mul_(_LN2 / n)  # mean u^p log u
+    descriptors = torch.stack([outs[kind] for kind, on in zip(_KINDS, branches, strict=True) if on], dim=1)
+    return descriptors, attn, saved
+
+
+class BlockedBranches(torch.autograd.Function):
+    """:class:`FusedBranches` for eager CPU code: the same maths, computed a block of samples at a time.
+
+    Forward reads ``x`` from memory once (:func:`blocked_forward`); backward reads it once more and writes the input
+    gradient block by block: GeM's ``u^(p-1)`` and the max branch's tie mask are recomputed in cache, and the
+    average and attention terms, which have rank ``1 + 2 * heads`` per sample, are added with one ``baddbmm``.
+    Arguments and returns as :class:`FusedBranches`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, p, weight, log_temperature, eps: float, branches: tuple[bool, bool, bool, bool]):
+        descriptors, attn, saved = blocked_forward(
+            x, p, weight, log_temperature, eps, branches, need_p_grad=ctx.needs_input_grad[1]
+        )
+        ctx.branches, ctx.eps = branches, eps
+        ctx.keys = tuple(saved)
+        ctx.save_for_backward(x, p, weight, log_temperature, *saved.values())
+        return descriptors, attn
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_attn):
+        x, p, weight, log_temperature, *rest = ctx.saved_tensors
+        saved = dict(zip(ctx.keys, rest, strict=True))
+        use_avg, use_max, use_gem, use_attn = ctx.branches
+        need_x, need_p, need_w, need_log_t = ctx.needs_input_grad[:4]
+        eps = ctx.eps
+        b, c, n = x.shape
+        grads = dict(
+            zip([k for k, on in zip(_KINDS, ctx.branches, strict=True) if on], grad_out.unbind(1), strict=True)
+        )
+        grad_x = grad_p = grad_w = grad_log_t = None
+        if use_gem:
+            s, y, g = saved["s"], saved["y"], grads["gem"]
+            p_b = p.view(-1, 1) if p.dim() else p
+            p_flat = p.view(-1) if p.dim() else p
+            if need_p:
+                dy_dp = y * (-torch.log(s) / p_flat**2 + saved["t"] / (p_flat * s))
+                grad_p = (g * dy_dp).sum() if p.dim() == 0 else (g * dy_dp).sum(0)
+            if need_x:
+                coef = (g * s.pow(1.0 / p_flat - 1.0) / n).unsqueeze(2)  # dy/dx = S^(1/p - 1) u^(p-1) / N
+                p_m1 = p_b - 1.0
+        attn_terms = use_attn and (need_x or need_w or need_log_t)
+        if not (need_x or attn_terms):
+            return grad_x, grad_p, grad_w, grad_log_t, None, None
+        if use_attn:
+            attn, heads = saved["attn"], weight.shape[0]
+            inv_t = torch.exp(-log_temperature)
+            g_attn = grads["attn"].contiguous()
+            d_logits = torch.empty_like(attn)
+            grad_w_t = x.new_zeros(c, heads) if need_w else None
+        if need_x:
+            grad_x = torch.empty_like(x)
+            # low-rank part: grad_x[b] += A[b] @ R[b], columns of A / rows of R: avg (g/N, 1), attention weights
+            # (g per head group, attn) and logits (W^T / T, d_logits)
+            cols: list[torch.Tensor] = []
+            if use_avg:
+                cols.append((grads["avg"] / n).unsqueeze(2))
+            if use_attn:
+                cols += [_block_diag_columns(g_attn, heads), (weight.t() * inv_t).expand(b, c, heads)]
+            low_rank = torch.cat(cols, 2) if cols else None  # (B, C, r)
+        per = min(b, _block_size(x))
+        scratch = x.new_empty(per * c * n) if need_x and (use_gem or use_max) else None
+        for b0 in range(0, b, per):
+            b1 = min(b, b0 + per)
+            xc = x[b0:b1]
+            bc = b1 - b0
+            if use_attn:
+                a = attn[b0:b1]
+                d_attn = torch.bmm(
+                    g_attn[b0:b1].view(bc * heads, 1, c // heads), xc.view(bc * heads, c // heads, n)
+                ).view(bc, heads, n)
+                dl = d_logits[b0:b1]
+                torch.mul(a, d_attn - (a * d_attn).sum(2, keepdim=True), out=dl)  # through the softmax
+                if need_w:
+                    grad_w_t += torch.bmm(xc, dl.transpose(1, 2)).sum(0)
+            if not need_x:
+                continue
+            gx = grad_x[b0:b1]
+            dense = False
+            # masks are written as 0./1. floats: bool masks and masked_fill_ are several times slower on a CPU
+            mask = scratch[: xc.numel()].view_as(xc) if use_gem or use_max else None
+            if use_gem:  # coef * u^(p-1) = coef * 2^((p-1) log2 x - (p-1) log2 max), 0 where the clamp cuts x off
+                log2_scale = saved["peak"][b0:b1].clamp_min(eps).log2()  # (bc, C)
+                torch.clamp(xc, min=eps, out=gx).log2_()
+                for r0, r1, unshifted in _power_form_runs(p, log2_scale, eps):  # as in the forward
+                    gr, ls, cr = gx[r0:r1], log2_scale[r0:r1], coef[b0 + r0 : b0 + r1]
+                    if unshifted:  # x^(p-1), and / max^(p-1) in the row coefficient
+                        gr.mul_(p_m1).exp2_().mul_(cr * torch.exp2(ls * -p_m1).unsqueeze(2))
+                    else:
+                        torch.addcmul((ls * -p_m1.squeeze(-1)).unsqueeze(2), gr, p_m1, out=gr).exp2_().mul_(cr)
+                gx.mul_(torch.ge(xc, eps, out=mask))
+                dense = True
+            if use_max:
+                ties = torch.eq(xc, saved["peak"][b0:b1].unsqueeze(2), out=mask)  # tied maxima share the gradient
+                share = (grads["max"][b0:b1] / ties.sum(2)).unsqueeze(2)
+                if dense:
+                    gx.addcmul_(ties, share)
+                else:
+                    torch.mul(ties, share, out=gx)
+                    dense = True
+            if low_rank is not None:
+                rows = [x.new_ones(bc, 1, n)] if use_avg else []
+                if use_attn:
+                    rows += [attn[b0:b1], d_logits[b0:b1]]
+                right = torch.cat(rows, 1)  # (bc, r, N)
+                if dense:
+                    gx.baddbmm_(low_rank[b0:b1], right)
+                else:
+                    torch.bmm(low_rank[b0:b1], right, out=gx)
+        if use_attn:
+            if need_w:
+                grad_w = grad_w_t.t() * inv_t
+            if need_log_t:
+                grad_log_t = -(d_logits * saved["logits"]).sum()
+        return grad_x, grad_p, grad_w, grad_log_t, None, None
+
+
 def pool_branches(
     x: torch.Tensor,
     branches: tuple[bool, bool, bool, bool],
@@ -227,8 +491,13 @@ def pool_branches(
 
     weight = weight.flatten(1) if weight is not None else None  # (heads, C, 1, 1) conv weights -> (heads, C)
     args = (flat, cast(p), cast(weight), cast(log_temperature), float(eps), branches)
+    blocked = flat.device.type == "cpu" and not torch.compiler.is_compiling()
     if torch.onnx.is_in_onnx_export():  # exporters trace plain ops; a custom autograd.Function has no ONNX form
         descriptors, attn, _ = branch_forward(*args)
+    elif not torch.is_grad_enabled():  # inference: nothing to keep for a backward (GeM's dp statistics included)
+        descriptors, attn, _ = (blocked_forward if blocked else branch_forward)(*args)
+    elif blocked:
+        descriptors, attn = BlockedBranches.apply(*args)
     else:
         descriptors, attn = FusedBranches.apply(*args)
     return descriptors.to(x.dtype), (attn.view(b, -1, h, w).to(x.dtype) if branches[3] else None)

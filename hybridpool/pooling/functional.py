@@ -57,8 +57,8 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> to
     """Generalized-mean (GeM) pooling ``(mean_{h,w} clamp(x, eps)^p)^(1/p)``.
 
     Computed as ``m * (mean (x / m)^p)^(1/p)`` with ``m`` the per-channel max, so ``x^p`` never overflows (also in
-    float16/bfloat16, which are computed in float32); backward keeps only ``(x / m)^(p-1)`` and needs no further
-    ``log``/``exp`` (see :mod:`hybridpool.pooling._fused`).
+    float16/bfloat16, which are computed in float32); eager CPU code works a block of samples at a time and
+    recomputes ``(x / m)^(p-1)`` in backward, compiled and GPU code keeps it (see :mod:`hybridpool.pooling._fused`).
 
     Args:
         x: ``(B, C, H, W)`` floating feature map.

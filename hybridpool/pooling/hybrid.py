@@ -119,8 +119,9 @@ class HybridPool(PoolBase):
     def feat_mult(self) -> int:
         return len(self.branches) if self.mixing == "concat" else 1
 
-    def _fused_descriptors(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The fusable branches in one pass: ``x`` ``(B, C, H, W)`` -> ({branch: (B, C)}, {branch.attn: map})."""
+    def _fused_descriptors(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The fusable branches in one pass: ``x`` ``(B, C, H, W)`` -> (``(B, k, C)`` in the order avg, max, gem,
+        attn, {branch.attn: map})."""
         gem = self.branches[self._fusable["gem"]] if "gem" in self._fusable else None
         attn = self.branches[self._fusable["attn"]] if "attn" in self._fusable else None
         descriptors, attn_map = pool_branches(
@@ -131,15 +132,18 @@ class HybridPool(PoolBase):
             log_temperature=attn.log_temperature if attn is not None else None,
             eps=gem.eps if gem is not None else 0.0,
         )
-        names = [self._fusable[layer] for layer in _FUSABLE if layer in self._fusable]
         extras = {} if attn_map is None else {f"{self._fusable['attn']}.attn": attn_map}
-        return dict(zip(names, descriptors.unbind(1), strict=True)), extras
+        return descriptors, extras
 
     def _descriptors(self, x: torch.Tensor, need_extras: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``x`` ``(B, C, H, W)`` -> branch descriptors ``(B, n, C)`` and the branches' extras, keyed by branch."""
         outs, extras = {}, {}
         if self.fused and len(self._fusable) > 1:
-            outs, extras = self._fused_descriptors(x)
+            descriptors, extras = self._fused_descriptors(x)
+            names = [self._fusable[layer] for layer in _FUSABLE if layer in self._fusable]
+            if names == self.branch_names:  # every branch fused, in the fused order: no unbind and re-stack
+                return descriptors, extras
+            outs = dict(zip(names, descriptors.unbind(1), strict=True))
         for name, branch in self.branches.items():
             if name not in outs:
                 outs[name], branch_extras = branch.pool(x, need_extras)
