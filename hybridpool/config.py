@@ -182,14 +182,10 @@ def _target_class(node: Mapping[str, Any]) -> type | None:
 
 def _check_study_switches(container: Mapping[str, Any], problems: list[str]) -> None:
     """``module.pool_schedule``/``switch_epoch``, ``module.robustness`` and ``pool.spatial_size`` (Flatten)."""
-    from hybridpool.module import (
-        POOL_SCHEDULES,
-        WEIGHTED_MIXING,
-        check_robustness,
-        resolve_switch_epoch,
-    )
     from hybridpool.pooling import Flatten, HybridPool
     from hybridpool.pooling.flatten import _spatial_pair
+    from hybridpool.robustness import check_robustness
+    from hybridpool.schedule import POOL_SCHEDULES, WEIGHTED_MIXING, resolve_switch_epoch
 
     module = _mapping(container, "module")
     pool = _mapping(container, "pool")

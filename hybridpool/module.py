@@ -48,7 +48,14 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from hybridpool.models.classifier import Classifier
-from hybridpool.robustness import grid_permutation, permute_grid, shift_image
+from hybridpool.robustness import ROBUSTNESS_KEYS, check_robustness, grid_permutation, permute_grid, shift_image
+from hybridpool.schedule import (
+    POOL_SCHEDULES,
+    WEIGHTED_MIXING,
+    check_freeze_and_train_pool,
+    mixing_parameters,
+    resolve_switch_epoch,
+)
 
 __all__ = [
     "POOL_SCHEDULES",
@@ -65,12 +72,6 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "step", "constant")
-#: how the parameters of a hybrid pool train: all together, or in two stages (see ClassificationModule)
-POOL_SCHEDULES = ("joint", "freeze_and_train")
-#: HybridPool mixing modes whose output is a weighted sum of the branches (freeze_and_train needs one)
-WEIGHTED_MIXING = ("scalar", "channel", "gate")
-#: keys of ClassificationModule(robustness=...): shift (pixels), grid (tiles per side), seed (of the permutation)
-ROBUSTNESS_KEYS = ("shift", "grid", "seed")
 
 
 def lr_lambda(
@@ -149,92 +150,6 @@ def attention_entropy(attn: torch.Tensor) -> float:
     ent = -(a * a.clamp_min(1e-12).log()).sum(-1)
     n = a.shape[-1]
     return float((ent / math.log(n)).mean()) if n > 1 else 0.0
-
-
-def mixing_parameters(pool: nn.Module) -> list[nn.Parameter]:
-    """The parameters of a :class:`~hybridpool.pooling.HybridPool` that decide its mixing weights.
-
-    Everything of the pool outside its branches: ``mix_logits``, ``blend`` (``init="gap"``) and the gate network
-    (``mixing="gate"``). The branches' own parameters (GeM ``p``, attention projections) are not included.
-    """
-    return [p for name, p in pool.named_parameters() if not name.startswith("branches.")]
-
-
-def check_freeze_and_train_pool(pool: nn.Module) -> None:
-    """Raise ``ValueError`` unless ``pool`` is a HybridPool with weighted mixing (what freeze_and_train needs)."""
-    from hybridpool.pooling import HybridPool
-
-    if not isinstance(pool, HybridPool):
-        raise ValueError(
-            f"pool_schedule='freeze_and_train' needs a HybridPool with weighted mixing ({', '.join(WEIGHTED_MIXING)}), "
-            f"got {type(pool).__name__}; use e.g. pool=hybrid_scalar pool.init=gap, or pool_schedule='joint'"
-        )
-    if pool.mixing not in WEIGHTED_MIXING:
-        raise ValueError(
-            f"pool_schedule='freeze_and_train' needs a weighted mixing mode ({', '.join(WEIGHTED_MIXING)}), got "
-            f"mixing={pool.mixing!r} (no mixing weights to freeze); use pool_schedule='joint' for it"
-        )
-
-
-def resolve_switch_epoch(switch_epoch: int | None, max_epochs: int | None) -> int:
-    """The first epoch of stage 2 of ``freeze_and_train``: ``switch_epoch``, or ``max_epochs // 2`` if ``None``.
-
-    Args:
-        switch_epoch: ``None`` or an int ``>= 1``.
-        max_epochs: the trainer's ``max_epochs`` (``None`` or ``-1``: unbounded, then ``switch_epoch`` is needed).
-
-    Raises:
-        ValueError: the switch would not leave at least one epoch in each stage (``1 <= switch < max_epochs``).
-    """
-    bounded = max_epochs is not None and int(max_epochs) > 0
-    if switch_epoch is None:
-        if not bounded:
-            raise ValueError(
-                "pool_schedule='freeze_and_train' with switch_epoch=null switches at half of trainer.max_epochs, "
-                f"which is not set (max_epochs={max_epochs}); set module.switch_epoch"
-            )
-        switch = int(max_epochs) // 2  # type: ignore[arg-type]
-        if switch < 1:
-            raise ValueError(
-                f"pool_schedule='freeze_and_train' needs trainer.max_epochs >= 2 (one epoch per stage), got "
-                f"{max_epochs}"
-            )
-        return switch
-    if isinstance(switch_epoch, bool) or not isinstance(switch_epoch, int) or switch_epoch < 1:
-        raise ValueError(f"switch_epoch must be null or an int >= 1, got {switch_epoch!r}")
-    if bounded and switch_epoch >= int(max_epochs):  # type: ignore[arg-type]
-        raise ValueError(
-            f"switch_epoch must be < trainer.max_epochs ({max_epochs}) so that stage 2 gets at least one epoch, "
-            f"got {switch_epoch}"
-        )
-    return int(switch_epoch)
-
-
-def check_robustness(robustness: Mapping[str, Any] | None) -> dict[str, int]:
-    """Validate ``robustness`` (``{"shift": s, "grid": g}``, optional ``"seed"``); return it as a plain dict.
-
-    ``shift``: pixels, an int ``>= 1`` (``null``/absent: no shifted test); ``grid``: tiles per side, an int
-    ``>= 2`` (``null``/absent: no grid test); ``seed``: seed of the tile permutation (default 0).
-    """
-    if robustness is None:
-        return {}
-    if not isinstance(robustness, Mapping):
-        raise ValueError(f"robustness must be null or a mapping {{shift: int, grid: int}}, got {robustness!r}")
-    unknown = sorted(set(robustness) - set(ROBUSTNESS_KEYS))
-    if unknown:
-        raise ValueError(f"robustness: unknown key(s) {unknown}; accepted: {', '.join(ROBUSTNESS_KEYS)}")
-    out: dict[str, int] = {}
-    for key, minimum in (("shift", 1), ("grid", 2), ("seed", 0)):
-        value = robustness.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"robustness.{key} must be null or an int >= {minimum}, got {value!r}")
-        out[key] = int(value)
-    if "shift" not in out and "grid" not in out:
-        raise ValueError(f"robustness needs shift and/or grid, got {dict(robustness)!r}; null turns it off")
-    out.setdefault("seed", 0)
-    return out
 
 
 def _numpy_state() -> dict[str, Any]:

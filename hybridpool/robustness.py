@@ -17,9 +17,15 @@ subtraction, the mean colour).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
-__all__ = ["grid_permutation", "permute_grid", "shift_image"]
+__all__ = ["ROBUSTNESS_KEYS", "check_robustness", "grid_permutation", "permute_grid", "shift_image"]
+
+#: keys of ClassificationModule(robustness=...): shift (pixels), grid (tiles per side), seed (of the permutation)
+ROBUSTNESS_KEYS = ("shift", "grid", "seed")
 
 
 def _check_images(x: torch.Tensor, what: str) -> None:
@@ -105,3 +111,30 @@ def permute_grid(x: torch.Tensor, grid: int, seed: int = 0, perm: torch.Tensor |
     tiles = tiles.permute(0, 1, 2, 4, 3, 5).reshape(b, c, grid * grid, th, tw)  # (B, C, tiles, th, tw), row-major
     tiles = tiles[:, :, perm.to(x.device)]
     return tiles.reshape(b, c, grid, grid, th, tw).permute(0, 1, 2, 4, 3, 5).reshape(b, c, grid * th, grid * tw)
+
+
+def check_robustness(robustness: Mapping[str, Any] | None) -> dict[str, int]:
+    """Validate ``robustness`` (``{"shift": s, "grid": g}``, optional ``"seed"``); return it as a plain dict.
+
+    ``shift``: pixels, an int ``>= 1`` (``null``/absent: no shifted test); ``grid``: tiles per side, an int
+    ``>= 2`` (``null``/absent: no grid test); ``seed``: seed of the tile permutation (default 0).
+    """
+    if robustness is None:
+        return {}
+    if not isinstance(robustness, Mapping):
+        raise ValueError(f"robustness must be null or a mapping {{shift: int, grid: int}}, got {robustness!r}")
+    unknown = sorted(set(robustness) - set(ROBUSTNESS_KEYS))
+    if unknown:
+        raise ValueError(f"robustness: unknown key(s) {unknown}; accepted: {', '.join(ROBUSTNESS_KEYS)}")
+    out: dict[str, int] = {}
+    for key, minimum in (("shift", 1), ("grid", 2), ("seed", 0)):
+        value = robustness.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"robustness.{key} must be null or an int >= {minimum}, got {value!r}")
+        out[key] = int(value)
+    if "shift" not in out and "grid" not in out:
+        raise ValueError(f"robustness needs shift and/or grid, got {dict(robustness)!r}; null turns it off")
+    out.setdefault("seed", 0)
+    return out
