@@ -19,7 +19,7 @@
   mode, see :mod:`hybridpool.features`) and only pool + head run;
 - checkpoints carry the RNG states so that ``ckpt_path=last`` resumes an interrupted run exactly;
 - ``pool_schedule="freeze_and_train"`` (for a :class:`~hybridpool.pooling.HybridPool` with weighted mixing,
-  meant for ``init="gap"``): until ``switch_epoch`` the pool's mixing parameters get no update (backbone + head
+  meant for ``init="gap"``): until ``switch_epoch`` the pool's parameters get no update (backbone + head
   train with plain GAP), from then on the backbone is frozen (no update, BatchNorm in eval mode) and the pool and
   the head train; after "On Global Feature Pooling for Fine-grained Visual Categorization" (ICLR 2020
   submission), where joint training of two combined poolings suffered from gradient conflict. The stage is
@@ -192,10 +192,11 @@ class ClassificationModule(pl.LightningModule):
             they are also logged at the end of every training epoch.
         from_features: batches hold cached feature maps ``(B, C, H', W')`` instead of images.
         pool_schedule: ``"joint"`` (everything trains together) or ``"freeze_and_train"``: in epochs
-            ``< switch_epoch`` the mixing parameters of the HybridPool (``mix_logits``, ``blend``, gate network,
-            see :func:`mixing_parameters`) get no update, so with ``init="gap"`` backbone + head train with plain
-            GAP; from ``switch_epoch`` on the backbone gets no update and runs in eval mode (BatchNorm statistics
-            fixed, no backward through it), while the pool (mixing and branch parameters) and the head train.
+            ``< switch_epoch`` the HybridPool's parameters (mixing: ``mix_logits``, ``blend``, gate network, see
+            :func:`mixing_parameters`; and the branches' own) get no update, so with ``init="gap"`` backbone +
+            head train with plain GAP; from ``switch_epoch`` on the backbone gets no update and runs in eval
+            mode (BatchNorm statistics fixed, no backward through it), while the pool (mixing and branch
+            parameters) and the head train.
             "No update": their ``.grad`` is set to ``None`` after backward, so AdamW/SGD skip them entirely
             (weight decay included). Needs a HybridPool with mixing ``scalar``, ``channel`` or ``gate``. The
             stage follows the epoch, so a resumed run continues in the right one.
@@ -253,7 +254,8 @@ class ClassificationModule(pl.LightningModule):
             if getattr(model.pool, "init", None) != "gap":
                 warnings.warn(
                     f"pool_schedule='freeze_and_train' is meant for pool.init='gap' (stage 1 = plain GAP); with "
-                    f"init={getattr(model.pool, 'init', None)!r} stage 1 trains with the fixed initial mixing weights",
+                    f"init={getattr(model.pool, 'init', None)!r} stage 1 trains with the fixed initial pool "
+                    "(mixing weights and branches)",
                     stacklevel=2,
                 )
         elif switch_epoch is not None:
@@ -374,9 +376,13 @@ class ClassificationModule(pl.LightningModule):
         return 1 if epoch < switch else 2
 
     def frozen_parameters(self) -> list[nn.Parameter]:
-        """The parameters that get no update in the current stage: mixing (stage 1), backbone (stage 2)."""
+        """The parameters that get no update in the current stage: the whole pool (stage 1), backbone (stage 2).
+
+        Stage 1 freezes the branches' own parameters (GeM p, attention projections) with the mixing: with
+        ``init="gap"`` their gradients are zero anyway, but decoupled weight decay would still move them.
+        """
         if self._stage == 1:
-            return mixing_parameters(self.model.pool)
+            return list(self.model.pool.parameters())
         if self._stage == 2:
             return list(self.model.backbone.parameters())
         return []

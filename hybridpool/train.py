@@ -403,7 +403,7 @@ def train(
         trainer.fit(module, datamodule=fit_dm, ckpt_path=ckpt)
         timing["fit_s"] = time.perf_counter() - t_fit
         metrics.update(_metrics(trainer.callback_metrics))
-        ckpt_cb = trainer.checkpoint_callback
+        ckpt_cb = _best_checkpoint_callback(trainer)
         best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
         if ckpt_cb is not None and getattr(ckpt_cb, "best_model_score", None) is not None:
             metrics[f"{ckpt_cb.monitor}_best"] = float(ckpt_cb.best_model_score)
@@ -511,13 +511,23 @@ def _describe(dm: Any) -> Any:
         return {"class": type(dm).__name__, "describe_error": str(err)}
 
 
+def _best_checkpoint_callback(trainer: Any) -> Any:
+    """The ModelCheckpoint that keeps the best model (it has a ``monitor``), else Lightning's first one, else None.
+
+    Chosen by role, not by position: ``callbacks.last_checkpoint`` (no monitor, last.ckpt every epoch) may come
+    first in a config.
+    """
+    monitored = [cb for cb in trainer.checkpoint_callbacks if cb.monitor is not None]
+    return monitored[0] if monitored else trainer.checkpoint_callback
+
+
 def _output_paths(
     output_dir: Path, trainer: Any, loggers: list[Any], callbacks: list[Any], cache: Any
 ) -> dict:
     from hybridpool.callbacks import AttentionMaps
 
     paths: dict[str, Any] = {"output_dir": str(output_dir)}
-    ckpt_cb = trainer.checkpoint_callback
+    ckpt_cb = _best_checkpoint_callback(trainer)
     if ckpt_cb is not None:
         paths["checkpoint_dir"] = ckpt_cb.dirpath
         paths["best_checkpoint"] = ckpt_cb.best_model_path or None

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The study of paper/: every sweep, in order, then its small records copied into paper/results/.
 #
-#   scripts/run_study.sh                    # all parts; its wall time on a 2-core CPU: paper/results/README.md
+#   scripts/run_study.sh                    # all parts; the wall time of the committed run: paper/results/README.md
 #   STUDY_PARTS="fg synth" scripts/run_study.sh     # some parts: fg fg_extra synth fashion fg_cub effnet
 #   STUDY_DIR=/tmp/study STUDY_WORKERS=2 scripts/run_study.sh
 #
 # Needs the offline data (HYBRIDPOOL_DATA_ROOT, TORCH_HOME; see ../shared/data/README.md) and the joblib launcher
-# (pip install -e '.[joblib]'). Re-running the same command skips the jobs already completed and resumes the rest
-# (hybridpool/sweep.py), so an interrupted study is finished by running it again. A job that fails is recorded
+# (pip install -e '.[joblib]'). Re-running the same command skips the jobs already completed and runs the rest
+# again from the start (hybridpool/sweep.py; the study keeps no checkpoints), so an interrupted study is finished by
+# running it again. A job that fails is recorded
 # as failed and the sweep goes on; the report lists it. Feature caches go to HYBRIDPOOL_CACHE_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -126,14 +126,16 @@ def test_mixing_parameters_are_everything_of_the_hybrid_outside_its_branches():
     assert names == {"mix_logits", "blend", "gate.0.weight", "gate.0.bias", "gate.2.weight", "gate.2.bias"}
 
 
-def test_stage_one_step_leaves_the_mixing_parameters_bit_identical_while_the_rest_trains():
+def test_stage_one_step_leaves_the_whole_pool_bit_identical_while_the_rest_trains():
     model = _hybrid_model("gate")
     module = _module(model, pool_schedule="freeze_and_train", switch_epoch=2)
     module._switch_epoch = 2
     module._stage = module.stage_of_epoch(1)
     assert module._stage == 1
     opt = module.configure_optimizers()["optimizer"]
-    mixing = mixing_parameters(model.pool)
+    # mixing parameters and the branches' own (GeM p: zero gradient at init="gap", but weight decay 0.1 here)
+    mixing = list(model.pool.parameters())
+    assert any(p is model.pool.branches["gem"].raw for p in mixing)
     before_mix, before_bb, before_head = (
         _snapshot(mixing),
         _snapshot(model.backbone.parameters()),

@@ -87,6 +87,25 @@ def _log_exp(x: torch.Tensor):
     return torch.Tensor.log_, torch.Tensor.exp_
 
 
+def _gem_row_coef(g: torch.Tensor, s: torch.Tensor, p_flat: torch.Tensor, n: int) -> torch.Tensor:
+    """``(B, C)``: the factor of ``u^(p-1)`` in GeM's input gradient, ``dy/dx = S^(1/p - 1) u^(p-1) / N``.
+
+    ``g``: upstream gradient ``(B, C)``; ``s``: ``mean u^p`` ``(B, C)``; ``p_flat``: ``()`` or ``(C,)``.
+    """
+    return g * s.pow(1.0 / p_flat - 1.0) / n
+
+
+def _gem_grad_p(g: torch.Tensor, y: torch.Tensor, s: torch.Tensor, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """GeM's exponent gradient, ``()`` or ``(C,)`` like ``p``, from ``dy/dp = y (-log S / p^2 + T / (p S))``.
+
+    ``g``: upstream gradient ``(B, C)``; ``y``: GeM's output, ``s``: ``mean u^p``, ``t``: ``mean u^p log u``, all
+    ``(B, C)``.
+    """
+    p_flat = p.view(-1) if p.dim() else p
+    dy_dp = y * (-torch.log(s) / p_flat**2 + t / (p_flat * s))
+    return (g * dy_dp).sum() if p.dim() == 0 else (g * dy_dp).sum(0)
+
+
 def branch_forward(
     x: torch.Tensor,
     p: torch.Tensor,
@@ -194,11 +213,9 @@ class FusedBranches(torch.autograd.Function):
             s, y = saved["s"], saved["y"]
             p_flat = p.view(-1) if p.dim() else p
             if grad_x is not None:
-                coef = g * s.pow(1.0 / p_flat - 1.0) / n  # dy/dx = S^(1/p - 1) u^(p-1) / N
-                grad_x.addcmul_(saved["u_pow_pm1"], coef.unsqueeze(2))
+                grad_x.addcmul_(saved["u_pow_pm1"], _gem_row_coef(g, s, p_flat, n).unsqueeze(2))
             if ctx.needs_input_grad[1]:
-                dy_dp = y * (-torch.log(s) / p_flat**2 + saved["t"] / (p_flat * s))
-                grad_p = (g * dy_dp).sum() if p.dim() == 0 else (g * dy_dp).sum(0)
+                grad_p = _gem_grad_p(g, y, s, saved["t"], p)
         if use_attn:
             g = next(grads)
             attn, logits = saved["attn"], saved["logits"]
@@ -225,8 +242,9 @@ _KINDS = ("avg", "max", "gem", "attn")
 
 
 def _block_size(x: torch.Tensor) -> int:
-    """Samples per block of the eager CPU path (at least one)."""
-    return max(1, _BLOCK_BYTES // max(1, x[0].numel() * x.element_size()))
+    """Samples per block of the eager CPU path for ``x`` ``(B, C, N)``: at least one, at most ``B`` (``B = 0`` too)."""
+    b, c, n = x.shape
+    return max(1, min(b, _BLOCK_BYTES // max(1, c * n * x.element_size())))
 
 
 _UNSHIFTED_LOG2_LIMIT = 100.0  # 2**±100 lies well inside float32's normal range (2**-126 .. 2**128)
@@ -235,24 +253,44 @@ _UNSHIFTED_LOG2_LIMIT = 100.0  # 2**±100 lies well inside float32's normal rang
 def _power_form_runs(p: torch.Tensor, log2_scale: torch.Tensor, eps: float) -> list[tuple[int, int, bool]]:
     """Runs ``(start, stop, unshifted)`` of the samples of a block, by the form GeM's elementwise steps take.
 
-    ``x`` lies in ``[eps, max]`` per row, so ``|p log2 x| <= p * max(|log2 eps|, |log2 max|)``. When that is at most
-    100 for every row of a sample, ``x^p = 2^(p log2 x)`` itself is a normal float32 and the division by ``max^p``
-    can wait for the ``(b, C)`` row sums ("unshifted": a scalar multiply of every element, cheaper than a per-row
-    shift); otherwise (large ``p``, extreme values) and for per-channel ``p``, every row is shifted by ``log2 max``
-    first. The form is chosen per sample, so that it does not depend on the other samples in the block.
-    ``log2_scale``: ``(b, C)``. Synchronises ``p`` (a CPU tensor here).
+    ``x`` lies in ``[eps, max]`` per row, so ``|log2 x| <= bound = max(|log2 eps|, |log2 max|)``. Forward raises
+    ``x`` to ``p`` and backward to ``p - 1``; when ``max(|p|, |p - 1|) * bound`` is at most 100 for every row of a
+    sample, both ``x^p`` and ``x^(p-1)`` are normal float32 values and the division by ``max^p`` (``max^(p-1)``)
+    can wait for the ``(b, C)`` rows ("unshifted": a scalar multiply of every element, cheaper than a per-row
+    shift); otherwise (large or negative ``p``, extreme values) and for per-channel ``p``, every row is shifted by
+    ``log2 max`` first. The form is chosen per sample, so that it does not depend on the other samples in the
+    block, and forward and backward choose alike. ``log2_scale``: ``(b, C)``. Synchronises ``p`` (a CPU tensor).
     """
     b = log2_scale.shape[0]
     if p.dim() or eps <= 0:
         return [(0, b, False)]
+    p_value = float(p)
+    exponent = max(abs(p_value), abs(p_value - 1.0))  # forward's p and backward's p - 1
     bound = log2_scale.abs().amax(1).clamp_min(abs(math.log2(eps)))  # (b,)
-    fits = (bound * float(p) <= _UNSHIFTED_LOG2_LIMIT).tolist()
+    fits = (bound * exponent <= _UNSHIFTED_LOG2_LIMIT).tolist()
     runs, start = [], 0
     for i in range(1, b + 1):
         if i == b or fits[i] != fits[start]:
             runs.append((start, i, fits[start]))
             start = i
     return runs
+
+
+def _pow_rows(
+    log2_x: torch.Tensor, e: torch.Tensor, log2_scale: torch.Tensor, unshifted: bool, out: torch.Tensor
+) -> torch.Tensor | None:
+    """GeM's power step, ``u^e = 2^(e log2 x - e log2 max)``, in one of the two forms of :func:`_power_form_runs`.
+
+    ``log2_x``: ``(r, C, N)``, ``log2 clamp(x, eps)``; ``e``: ``()`` or ``(C, 1)`` (``p`` in forward, ``p - 1`` in
+    backward; ``()`` when unshifted); ``log2_scale``: ``(r, C)``, ``log2 max``; ``out``: ``(r, C, N)``, may be
+    ``log2_x`` itself. Shifted, ``out`` gets ``u^e`` and the result is ``None``; unshifted, ``out`` gets ``x^e`` and
+    the result is the ``(r, C)`` factor ``2^(-e log2 max) = max^-e`` still to apply to its rows.
+    """
+    if unshifted:
+        torch.mul(log2_x, e, out=out).exp2_()
+        return torch.exp2(log2_scale * -e)
+    torch.addcmul((log2_scale * -e.squeeze(-1)).unsqueeze(2), log2_x, e, out=out).exp2_()
+    return None
 
 
 def _block_diag_columns(g: torch.Tensor, heads: int) -> torch.Tensor:
@@ -280,7 +318,7 @@ def blocked_forward(
     """
     use_avg, use_max, use_gem, use_attn = branches
     b, c, n = x.shape
-    per = min(b, _block_size(x))
+    per = _block_size(x)
     outs: dict[str, torch.Tensor] = {}
     saved: dict[str, torch.Tensor] = {}
     if use_avg:
@@ -327,11 +365,7 @@ def blocked_forward(
                 xr, ls, sr = xc[r0:r1], log2_scale[r0:r1], s[b0 + r0 : b0 + r1]
                 log2_x = torch.clamp(xr, min=eps, out=scratch[: xr.numel()].view_as(xr)).log2_()
                 u_pow_p = scratch_p[: xr.numel()].view_as(xr) if need_p_grad else log2_x
-                if unshifted:  # x^p itself, then / max^p per row
-                    torch.mul(log2_x, p, out=u_pow_p).exp2_()
-                else:
-                    torch.addcmul((ls * -p_b.squeeze(-1)).unsqueeze(2), log2_x, p_b, out=u_pow_p).exp2_()
-                row_factor = torch.exp2(ls * -p) if unshifted else None
+                row_factor = _pow_rows(log2_x, p_b, ls, unshifted, out=u_pow_p)  # unshifted: x^p, / max^p per row
                 torch.sum(u_pow_p, 2, out=sr)
                 if row_factor is not None:
                     sr.mul_(row_factor)
@@ -349,6 +383,70 @@ def blocked_forward(
             saved["t"] = t.mul_(_LN2 / n)  # mean u^p log u
     descriptors = torch.stack([outs[kind] for kind, on in zip(_KINDS, branches, strict=True) if on], dim=1)
     return descriptors, attn, saved
+
+
+def _attn_d_logits(g_attn: torch.Tensor, xc: torch.Tensor, attn: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The attention branch's logit gradient for one block, through the softmax (before the logits' ``1 / T``).
+
+    ``g_attn``: upstream gradient of the attention descriptor ``(bc, C)``, contiguous; ``xc``: the block of ``x``
+    ``(bc, C, N)``; ``attn``: its softmax weights ``(bc, heads, N)``. Writes and returns ``out`` ``(bc, heads, N)``:
+    ``d_attn = g_group . x_group`` per head and position, then ``attn * (d_attn - sum_N attn * d_attn)``.
+    """
+    bc, heads, n = attn.shape
+    group = xc.shape[1] // heads
+    d_attn = torch.bmm(g_attn.view(bc * heads, 1, group), xc.view(bc * heads, group, n)).view(bc, heads, n)
+    return torch.mul(attn, d_attn - (attn * d_attn).sum(2, keepdim=True), out=out)
+
+
+def _grad_x_block(
+    gx: torch.Tensor,
+    xc: torch.Tensor,
+    mask: torch.Tensor | None,
+    peak: torch.Tensor | None,
+    eps: float,
+    gem: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    g_max: torch.Tensor | None,
+    low_rank: torch.Tensor | None,
+    right: torch.Tensor | None,
+) -> None:
+    """Write one block's input gradient into ``gx`` ``(bc, C, N)``: the sum of the given terms (at least one).
+
+    Args:
+        gx: the block of the input gradient, ``(bc, C, N)``; written, not read.
+        xc: the block of ``x``, ``(bc, C, N)``.
+        mask: a ``(bc, C, N)`` scratch buffer for the float 0/1 masks (with ``gem`` or ``g_max``).
+        peak: the rows' maxima ``(bc, C)`` (with ``gem`` or ``g_max``).
+        eps: GeM's clamp.
+        gem: ``(p () or (C,), p - 1 () or (C, 1), coef (bc, C, 1))``: adds ``coef * u^(p-1)``, ``0`` where the clamp
+            cuts ``x`` off, with ``coef`` from :func:`_gem_row_coef`.
+        g_max: the max branch's upstream gradient ``(bc, C)``, shared by tied maxima.
+        low_rank, right: ``(bc, C, r)`` and ``(bc, r, N)``: adds their product (the average and attention terms).
+    """
+    dense = False  # whether gx holds a term yet (the first term writes it, later ones add)
+    # masks are written as 0./1. floats: bool masks and masked_fill_ are several times slower on a CPU
+    if gem is not None:  # coef * u^(p-1) = coef * 2^((p-1) log2 x - (p-1) log2 max)
+        p, p_m1, coef = gem
+        log2_scale = peak.clamp_min(eps).log2()  # (bc, C)
+        torch.clamp(xc, min=eps, out=gx).log2_()
+        for r0, r1, unshifted in _power_form_runs(p, log2_scale, eps):  # as in the forward
+            gr, cr = gx[r0:r1], coef[r0:r1]
+            row_factor = _pow_rows(gr, p_m1, log2_scale[r0:r1], unshifted, out=gr)  # unshifted: / max^(p-1) too
+            gr.mul_(cr if row_factor is None else cr * row_factor.unsqueeze(2))
+        gx.mul_(torch.ge(xc, eps, out=mask))
+        dense = True
+    if g_max is not None:
+        ties = torch.eq(xc, peak.unsqueeze(2), out=mask)  # tied maxima share the gradient
+        share = (g_max / ties.sum(2)).unsqueeze(2)
+        if dense:
+            gx.addcmul_(ties, share)
+        else:
+            torch.mul(ties, share, out=gx)
+            dense = True
+    if low_rank is not None:
+        if dense:
+            gx.baddbmm_(low_rank, right)
+        else:
+            torch.bmm(low_rank, right, out=gx)
 
 
 class BlockedBranches(torch.autograd.Function):
@@ -376,24 +474,20 @@ class BlockedBranches(torch.autograd.Function):
         saved = dict(zip(ctx.keys, rest, strict=True))
         use_avg, use_max, use_gem, use_attn = ctx.branches
         need_x, need_p, need_w, need_log_t = ctx.needs_input_grad[:4]
-        eps = ctx.eps
         b, c, n = x.shape
         grads = dict(
             zip([k for k, on in zip(_KINDS, ctx.branches, strict=True) if on], grad_out.unbind(1), strict=True)
         )
         grad_x = grad_p = grad_w = grad_log_t = None
         if use_gem:
-            s, y, g = saved["s"], saved["y"], grads["gem"]
-            p_b = p.view(-1, 1) if p.dim() else p
-            p_flat = p.view(-1) if p.dim() else p
+            s, g = saved["s"], grads["gem"]
             if need_p:
-                dy_dp = y * (-torch.log(s) / p_flat**2 + saved["t"] / (p_flat * s))
-                grad_p = (g * dy_dp).sum() if p.dim() == 0 else (g * dy_dp).sum(0)
+                grad_p = _gem_grad_p(g, saved["y"], s, saved["t"], p)
             if need_x:
-                coef = (g * s.pow(1.0 / p_flat - 1.0) / n).unsqueeze(2)  # dy/dx = S^(1/p - 1) u^(p-1) / N
-                p_m1 = p_b - 1.0
-        attn_terms = use_attn and (need_x or need_w or need_log_t)
-        if not (need_x or attn_terms):
+                coef = _gem_row_coef(g, s, p.view(-1) if p.dim() else p, n).unsqueeze(2)  # (B, C, 1)
+                p_m1 = (p.view(-1, 1) if p.dim() else p) - 1.0
+        need_attn_grads = use_attn and (need_x or need_w or need_log_t)
+        if not (need_x or need_attn_grads):
             return grad_x, grad_p, grad_w, grad_log_t, None, None
         if use_attn:
             attn, heads = saved["attn"], weight.shape[0]
@@ -411,55 +505,35 @@ class BlockedBranches(torch.autograd.Function):
             if use_attn:
                 cols += [_block_diag_columns(g_attn, heads), (weight.t() * inv_t).expand(b, c, heads)]
             low_rank = torch.cat(cols, 2) if cols else None  # (B, C, r)
-        per = min(b, _block_size(x))
+        per = _block_size(x)
         scratch = x.new_empty(per * c * n) if need_x and (use_gem or use_max) else None
         for b0 in range(0, b, per):
             b1 = min(b, b0 + per)
             xc = x[b0:b1]
             bc = b1 - b0
             if use_attn:
-                a = attn[b0:b1]
-                d_attn = torch.bmm(
-                    g_attn[b0:b1].view(bc * heads, 1, c // heads), xc.view(bc * heads, c // heads, n)
-                ).view(bc, heads, n)
-                dl = d_logits[b0:b1]
-                torch.mul(a, d_attn - (a * d_attn).sum(2, keepdim=True), out=dl)  # through the softmax
+                dl = _attn_d_logits(g_attn[b0:b1], xc, attn[b0:b1], out=d_logits[b0:b1])
                 if need_w:
                     grad_w_t += torch.bmm(xc, dl.transpose(1, 2)).sum(0)
             if not need_x:
                 continue
-            gx = grad_x[b0:b1]
-            dense = False
-            # masks are written as 0./1. floats: bool masks and masked_fill_ are several times slower on a CPU
-            mask = scratch[: xc.numel()].view_as(xc) if use_gem or use_max else None
-            if use_gem:  # coef * u^(p-1) = coef * 2^((p-1) log2 x - (p-1) log2 max), 0 where the clamp cuts x off
-                log2_scale = saved["peak"][b0:b1].clamp_min(eps).log2()  # (bc, C)
-                torch.clamp(xc, min=eps, out=gx).log2_()
-                for r0, r1, unshifted in _power_form_runs(p, log2_scale, eps):  # as in the forward
-                    gr, ls, cr = gx[r0:r1], log2_scale[r0:r1], coef[b0 + r0 : b0 + r1]
-                    if unshifted:  # x^(p-1), and / max^(p-1) in the row coefficient
-                        gr.mul_(p_m1).exp2_().mul_(cr * torch.exp2(ls * -p_m1).unsqueeze(2))
-                    else:
-                        torch.addcmul((ls * -p_m1.squeeze(-1)).unsqueeze(2), gr, p_m1, out=gr).exp2_().mul_(cr)
-                gx.mul_(torch.ge(xc, eps, out=mask))
-                dense = True
-            if use_max:
-                ties = torch.eq(xc, saved["peak"][b0:b1].unsqueeze(2), out=mask)  # tied maxima share the gradient
-                share = (grads["max"][b0:b1] / ties.sum(2)).unsqueeze(2)
-                if dense:
-                    gx.addcmul_(ties, share)
-                else:
-                    torch.mul(ties, share, out=gx)
-                    dense = True
+            right = None
             if low_rank is not None:
                 rows = [x.new_ones(bc, 1, n)] if use_avg else []
                 if use_attn:
                     rows += [attn[b0:b1], d_logits[b0:b1]]
                 right = torch.cat(rows, 1)  # (bc, r, N)
-                if dense:
-                    gx.baddbmm_(low_rank[b0:b1], right)
-                else:
-                    torch.bmm(low_rank[b0:b1], right, out=gx)
+            _grad_x_block(
+                grad_x[b0:b1],
+                xc,
+                mask=scratch[: xc.numel()].view_as(xc) if scratch is not None else None,
+                peak=saved["peak"][b0:b1] if use_gem or use_max else None,
+                eps=ctx.eps,
+                gem=(p, p_m1, coef[b0:b1]) if use_gem else None,
+                g_max=grads["max"][b0:b1] if use_max else None,
+                low_rank=low_rank[b0:b1] if low_rank is not None else None,
+                right=right,
+            )
         if use_attn:
             if need_w:
                 grad_w = grad_w_t.t() * inv_t
@@ -500,4 +574,4 @@ def pool_branches(
         descriptors, attn = BlockedBranches.apply(*args)
     else:
         descriptors, attn = FusedBranches.apply(*args)
-    return descriptors.to(x.dtype), (attn.view(b, -1, h, w).to(x.dtype) if branches[3] else None)
+    return descriptors.to(x.dtype), (attn.view(b, attn.shape[1], h, w).to(x.dtype) if branches[3] else None)

@@ -26,6 +26,7 @@ from .registry import SINGLE_POOLS, canonical_name
 MIXING_MODES = ("scalar", "channel", "gate", "concat")
 INITS = ("uniform", "gap")
 _FUSABLE = ("avg", "max", "gem", "attn")
+_WHOLE_MAP = ("flatten",)  # registered layers that are not poolings: their width is C * H * W, not C
 
 
 def _branch_names(branches: Sequence[str]) -> dict[str, str]:
@@ -83,9 +84,23 @@ class HybridPool(PoolBase):
         unknown = set(branch_kwargs) - set(names)
         if unknown:
             raise ValueError(f"branch_kwargs for {sorted(unknown)}, which are not branches; branches: {names}")
+        for name, layer in layer_of.items():
+            if layer in _WHOLE_MAP:  # before construction, so that no constructor error asks for its arguments
+                raise ValueError(
+                    f"HybridPool branch {name!r} is not a pooling: {SINGLE_POOLS[layer].__name__} returns "
+                    f"(B, C * H * W) (feat_mult() = H * W), but every branch must return (B, C) to be mixed with the "
+                    f"others; use {layer!r} as the model's pool on its own instead"
+                )
         self.branches = nn.ModuleDict(
             {name: SINGLE_POOLS[layer](channels, **branch_kwargs.get(name, {})) for name, layer in layer_of.items()}
         )
+        for name, branch in self.branches.items():
+            if branch.feat_mult() != 1:
+                raise ValueError(
+                    f"HybridPool branch {name!r} ({type(branch).__name__}) returns {branch.feat_mult()} * C features "
+                    f"per sample (feat_mult() = {branch.feat_mult()}), but every branch must return (B, C) to be "
+                    f"mixed with the others"
+                )
         self.mixing = mixing
         self.init = init
         self.fused = fused

@@ -273,6 +273,9 @@ CLAIMS: tuple[Claim, ...] = (
             ),
         ),
         tables=("params",),
+        note="The train accuracy is the running accuracy of the last training epoch (dropout and augmentation "
+        "on, the model still changing), not an evaluation of the final model on the training set; with short "
+        "training it measures how fast a head learns as much as how much it overfits.",
     ),
     Claim(
         "Q2b",

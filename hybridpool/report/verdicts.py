@@ -63,8 +63,12 @@ class ClaimResult:
 
 
 def verdict_of(r: PairedComparison) -> str:
-    """``agrees`` (interval above 0), ``contradicts`` (below 0) or ``inconclusive``."""
-    if r.n >= 2 and math.isfinite(r.ci.low) and math.isfinite(r.ci.high):
+    """``agrees`` (interval above 0), ``contradicts`` (below 0) or ``inconclusive``.
+
+    Identical differences on every seed (``sd == 0``: common with small, quantised test sets) give an interval of
+    zero width that measures no uncertainty: inconclusive, like ``n < 2``.
+    """
+    if r.n >= 2 and r.ci.sd > 0 and math.isfinite(r.ci.low) and math.isfinite(r.ci.high):
         if r.ci.low > 0:
             return AGREES
         if r.ci.high < 0:
