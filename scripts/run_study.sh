@@ -37,7 +37,8 @@ sweep() {
     SWEEPS+=("$STUDY_DIR/$name")
     train -m "$@" hydra/launcher=joblib "hydra.launcher.n_jobs=$WORKERS" "hydra.sweep.dir=$STUDY_DIR/$name" \
         >> "$STUDY_DIR/$name.log" 2>&1
-    say "sweep $name: exit $?, $(( $(date +%s) - t0 )) s; $(grep -h 'sweep summary' -A1 "$STUDY_DIR/$name.log" | tail -n 1)"
+    local rc=$?
+    say "sweep $name: exit $rc, $(( $(date +%s) - t0 )) s; $(grep -h ' jobs: ' "$STUDY_DIR/$name.log" | tail -n 1)"
 }
 
 # compute a frozen backbone's feature cache (train, val and test splits) once, before parallel jobs need it
