@@ -581,12 +581,13 @@ class Cell:
 
     @property
     def arm_label(self) -> str:
-        return ", ".join(f"{short_key(k)}={v}" for k, v in sorted(self.arms.items()))
+        """The arm values this cell has, e.g. ``post_bn=False, p=4``; keys its config lacks (``-``) are left out."""
+        return ", ".join(f"{short_key(k)}={v}" for k, v in sorted(self.arms.items()) if v != MISSING)
 
     @property
     def label(self) -> str:
         """``pool`` plus its arm values, e.g. ``hybrid_scalar [post_bn=False]``."""
-        return f"{self.pool} [{self.arm_label}]" if self.arms else self.pool
+        return f"{self.pool} [{self.arm_label}]" if self.arm_label else self.pool
 
     def completed(self, metric: str) -> dict[int, float]:
         """``{seed: metric}`` of the completed runs that recorded ``metric`` (latest run per seed)."""

@@ -98,7 +98,7 @@ def block_title(block: tuple[str, str, str]) -> str:
 
 def cell_name(cell: Cell) -> str:
     name = pool_name(cell.pool)
-    return f"{name} [{cell.arm_label}]" if cell.arms else name
+    return f"{name} [{cell.arm_label}]" if cell.arm_label else name
 
 
 # ============================================================================================ builders
