@@ -1,7 +1,8 @@
 """The eager CPU path (:class:`BlockedBranches`, a block of samples at a time) against :class:`FusedBranches` (the
 whole batch at once, used under ``torch.compile`` and on GPUs), in float64: every subset of the four branches,
 several blocks with a short last one, one or two heads, scalar or per-channel GeM exponents, tied maxima, exact
-zeros, dead channels and values below GeM's clamp; plus gradcheck of the blocked backward."""
+zeros, dead channels and values below GeM's clamp; plus gradcheck of the blocked backward (both power forms),
+empty batches, GeM exponents below 1, and half precision / channels_last inputs against float64 references."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import itertools
 
 import pytest
 import torch
-from pool_refs import randomize_
+from pool_refs import as_float64, layer_reference, randomize_, ref_attention, ref_avg, ref_gem
 
 from hybridpool.pooling import HybridPool, _fused
 
@@ -67,13 +68,40 @@ def test_blocked_equals_fused(branches, heads, per_channel, blocks_of_three):
             torch.testing.assert_close(gb, gf, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
 
 
-@pytest.mark.parametrize("branches", SUBSETS, ids=[subset_id(s) for s in SUBSETS])
-def test_blocked_gradcheck(branches, blocks_of_three):
+def gradcheck_input() -> torch.Tensor:
+    """Distinct float64 values in about ``[0.1, 1.1]``, some below ``eps = 1e-3`` but none near it."""
     gen = torch.Generator().manual_seed(2)
     x = 0.1 + torch.rand(B, C, N, generator=gen, dtype=torch.float64)  # distinct values
     x[1, 2] -= 0.7  # some below eps = 1e-3, none near it
-    x = torch.where((x - 1e-3).abs() < 0.02, x + 0.05, x)
+    return torch.where((x - 1e-3).abs() < 0.02, x + 0.05, x)
+
+
+def forms(p: torch.Tensor, x: torch.Tensor, eps: float) -> list[bool]:
+    """Per sample of ``x`` ``(B, C, N)``: whether GeM's elementwise steps take the unshifted form (``x^p``)."""
+    runs = _fused._power_form_runs(p, x.amax(2).clamp_min(eps).log2(), eps)
+    return [unshifted for r0, r1, unshifted in runs for _ in range(r0, r1)]
+
+
+@pytest.mark.parametrize("branches", SUBSETS, ids=[subset_id(s) for s in SUBSETS])
+def test_blocked_gradcheck(branches, blocks_of_three):
+    x = gradcheck_input()
     p, weight, log_t = parameters(2, True)
+    assert forms(p, x, 1e-3) == [False] * B  # per-channel p: always the row-shifted form
+    inputs = [t.requires_grad_() for t in (x, p, weight, log_t)]
+    assert torch.autograd.gradcheck(
+        lambda *a: _fused.BlockedBranches.apply(*a, 1e-3, branches)[0], inputs, eps=1e-6, atol=1e-6, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("p_value", [2.5, 5.0, 0.5])
+@pytest.mark.parametrize("branches", [(False, False, True, False), (True, True, True, True)], ids=subset_id)
+def test_blocked_gradcheck_unshifted_scalar_p(branches, p_value, blocks_of_three):
+    """A scalar p <= 5 on moderate values takes the unshifted form (x^p, then / max^p per row) in forward and
+    backward (x^(p-1)); gradcheck that form's backward, p < 1 included."""
+    x = gradcheck_input()
+    _, weight, log_t = parameters(2, False)
+    p = torch.tensor(p_value, dtype=torch.float64)
+    assert forms(p, x, 1e-3) == [True] * B
     inputs = [t.requires_grad_() for t in (x, p, weight, log_t)]
     assert torch.autograd.gradcheck(
         lambda *a: _fused.BlockedBranches.apply(*a, 1e-3, branches)[0], inputs, eps=1e-6, atol=1e-6, rtol=1e-4
@@ -138,15 +166,19 @@ def test_compiled_no_grad_forward_equals_eager():
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("limit", [0.0, 100.0], ids=["row-shifted", "unshifted"])
-@pytest.mark.parametrize("p_value", [1.0, 3.0, 40.0])
-def test_blocked_gem_both_power_forms(limit, p_value, monkeypatch, blocks_of_three):
+@pytest.mark.parametrize(
+    ("limit", "p_value", "unshifted"),
+    [(0.0, 1.0, False), (0.0, 3.0, False), (100.0, 1.0, True), (100.0, 3.0, True), (100.0, 40.0, False)],
+    ids=["row-shifted-p1", "row-shifted-p3", "unshifted-p1", "unshifted-p3", "row-shifted-p40"],
+)
+def test_blocked_gem_both_power_forms(limit, p_value, unshifted, monkeypatch, blocks_of_three):
     """GeM's two elementwise forms (x^p then / max^p per row, or (x / max)^p) against FusedBranches, float64;
-    p = 40 makes x^p overflow float32, so it always takes the shifted form."""
+    p = 40 makes x^p overflow float32 (40 * |log2 1e-6| > 100), so it takes the shifted form at the usual limit."""
     monkeypatch.setattr(_fused, "_UNSHIFTED_LOG2_LIMIT", limit)
     x = awkward(seed=9) * 3.0
     _, weight, log_t = parameters(1, False)
     p = torch.tensor(p_value, dtype=torch.float64)
+    assert forms(p, x, 1e-6) == [unshifted] * B
     branches = (True, True, True, True)
     d_f, _, g_f = run(_fused.FusedBranches, x, p, weight, log_t, branches)
     d_b, _, g_b = run(_fused.BlockedBranches, x, p, weight, log_t, branches)
@@ -196,3 +228,149 @@ def test_blocked_mixed_power_forms_in_one_block_and_batch_independence():
         for i in range(B):
             alone, _, _ = _fused.blocked_forward(x32[i : i + 1], p32, w32, lt32, 1e-6, branches)
             torch.testing.assert_close(alone[0], batch[i], rtol=1e-6, atol=0, msg=f"sample {i}")
+
+
+# --- empty batches -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", [_fused.BlockedBranches, _fused.FusedBranches], ids=["blocked", "fused"])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["scalar_p", "pc_p"])
+def test_empty_batch_through_the_branch_functions(fn, per_channel):
+    """B = 0: descriptors (0, 4, C), attention (0, heads, N), an empty input gradient and zero parameter gradients."""
+    x = torch.empty(0, C, N, dtype=torch.float64)
+    descriptors, attn, grads = run(fn, x, *parameters(2, per_channel), (True, True, True, True))
+    assert descriptors.shape == (0, 4, C) and attn.shape == (0, 2, N)
+    assert grads[0].shape == (0, C, N)
+    for g in grads[1:]:
+        assert g is None or not g.any()
+    with torch.no_grad():
+        descriptors, attn, _ = _fused.blocked_forward(x, *parameters(2, per_channel), 1e-6, (True, True, True, True))
+    assert descriptors.shape == (0, 4, C) and attn.shape == (0, 2, N)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_empty_batch_through_hybrid_pool(grad):
+    """An empty batch through HybridPool on the eager CPU path gives (0, C), and with grad a backward that works,
+    as the unfused branches do."""
+    layers = {
+        fused: HybridPool(C, branch_kwargs={"attn": {"heads": 2}}, fused=fused).double() for fused in (True, False)
+    }
+    layers[False].load_state_dict(layers[True].state_dict())
+    results = {}
+    for fused, layer in layers.items():
+        x = torch.empty(0, C, 3, 3, dtype=torch.float64, requires_grad=grad)
+        with torch.set_grad_enabled(grad):
+            out, extras = layer.forward_with_extras(x)
+        assert out.shape == (0, C) and extras["attn"].shape == (0, 2, 3, 3)
+        assert out.requires_grad == grad
+        if grad:
+            (out.sum() + extras["descriptors"].sum()).backward()
+            assert x.grad.shape == x.shape
+            results[fused] = {n: p.grad for n, p in layer.named_parameters()}
+    if grad:
+        assert results[True].keys() == results[False].keys()
+        for name, g_fused in results[True].items():
+            g_plain = results[False][name]
+            assert (g_fused is None or not g_fused.any()) and (g_plain is None or not g_plain.any()), name
+
+
+# --- GeM exponents below 1 -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("p_value", "unshifted"), [(0.5, True), (0.2, True), (-2.0, False)])
+def test_blocked_gem_p_below_one_float32_close_to_float64(p_value, unshifted, blocks_of_three):
+    """GeM's layers keep p >= 1, but the branch functions take any p: below 1 the backward's exponent p - 1 is the
+    larger one. Forward raises x to p, backward to p - 1, so the form check bounds both: for p = -2 and values up to
+    1e15, x^(p-1) would leave float32 (2^-150) although |p log2 x| < 100. float32 values and gradients stay finite
+    and match FusedBranches in float64."""
+    gen = torch.Generator().manual_seed(12)
+    x = (10.0 ** (12.0 + 3.0 * torch.rand(B, C, N, generator=gen, dtype=torch.float64))).float().double()
+    _, weight, log_t = parameters(1, False)
+    p = torch.tensor(p_value, dtype=torch.float64)
+    assert forms(p, x, 1e-6) == [unshifted] * B
+    branches = (True, True, True, False)
+    d64, _, g64 = run(_fused.FusedBranches, x, p, weight, log_t, branches)
+    d32, _, g32 = run(_fused.BlockedBranches, *(t.float() for t in (x, p, weight, log_t)), branches)
+    assert torch.isfinite(d32).all()
+    torch.testing.assert_close(d32.double(), d64, rtol=1e-5, atol=0)  # S^(1/p) multiplies S's error by 1/p
+    for name, g_a, g_b in zip(("x", "p"), g32[:2], g64[:2], strict=True):
+        assert torch.isfinite(g_a).all(), name
+        torch.testing.assert_close(g_a.double(), g_b, rtol=5e-5, atol=1e-6 * float(g_b.abs().max()), msg=name)
+
+
+# --- half precision and channels_last on the eager CPU path -----------------------------------------------------
+
+# (dtype, largest value, rtol): float16 near its max, bfloat16 far beyond float32's sqrt; rtol a few roundings
+HALF_CASES = {
+    "fp16": (torch.float16, 6e4, 2e-3),
+    "bf16": (torch.bfloat16, 1e30, 1.6e-2),
+    "fp32": (torch.float32, 1e30, 1e-5),
+}
+
+
+def large_input(dtype: torch.dtype, largest: float, channels_last: bool) -> torch.Tensor:
+    """``(4, C, 4, 5)``, values in ``[0.01, 1]`` times a per-sample scale up to ``largest`` (sample 0 at most 1e4),
+    some exact zeros; rounded to ``dtype``, in channels_last layout if asked."""
+    gen = torch.Generator().manual_seed(13)
+    x = 0.01 + 0.99 * torch.rand(4, C, 4, 5, generator=gen, dtype=torch.float64)
+    scales = torch.tensor([min(1.0, 1e4 / largest), 1e-2, 0.5, 1.0], dtype=torch.float64)
+    x = x * scales.view(4, 1, 1, 1) * largest
+    x[:, :, 1, 2] = 0.0
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def assert_close_per_sample(actual: torch.Tensor, expected: torch.Tensor, rtol: float, msg: str = "") -> None:
+    """Elementwise ``rtol``, plus ``rtol`` of each sample's largest magnitude (samples differ in scale by 1e6)."""
+    scale = expected.abs().flatten(1).amax(1).clamp_min(1e-300).view(-1, *[1] * (expected.dim() - 1))
+    torch.testing.assert_close(actual.double() / scale, expected / scale, rtol=rtol, atol=rtol, msg=msg)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", list(HALF_CASES))
+def test_pool_branches_half_and_channels_last_close_to_float64(case, channels_last):
+    """pool_branches (eager CPU: BlockedBranches) on float16 / bfloat16 / float32 maps with large values, in either
+    layout: finite descriptors, attention and gradients, close to the float64 references of the same values."""
+    dtype, largest, rtol = HALF_CASES[case]
+    x = large_input(dtype, largest, channels_last).requires_grad_()
+    gen = torch.Generator().manual_seed(14)
+    p = torch.tensor(3.0)
+    weight = (torch.rand(2, C, 1, 1, generator=gen) - 0.5) / largest * 4  # logits of a few units
+    log_t = torch.tensor(0.2)
+    # float16's values all take GeM's unshifted form; the others both forms in one batch (x^3 leaves float32 for
+    # x above 1e13)
+    expected = [True] * 4 if dtype == torch.float16 else [True, False, False, False]
+    assert forms(p, x.detach().float().flatten(2), 1e-6) == expected
+    descriptors, attn = _fused.pool_branches(x, (True, True, True, True), p, weight, log_t)
+    assert descriptors.dtype == dtype and torch.isfinite(descriptors).all() and torch.isfinite(attn).all()
+    g = torch.linspace(-1.0, 2.0, descriptors.numel(), dtype=torch.float64).view_as(descriptors)
+    (descriptors.double() * g).sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+
+    x64 = x.detach().double().contiguous().requires_grad_()
+    ref_pooled, ref_attn = ref_attention(x64, weight, None, torch.exp(as_float64(log_t)), 2)
+    ref_max = x64.flatten(2).amax(2)  # amax: tied maxima (bfloat16 rounding makes some) share the gradient
+    ref = torch.stack([ref_avg(x64), ref_max, ref_gem(x64, 3.0), ref_pooled], dim=1)
+    (ref * g).sum().backward()
+    assert_close_per_sample(descriptors, ref.detach(), rtol, "descriptors")
+    torch.testing.assert_close(attn.double(), ref_attn.detach(), rtol=rtol, atol=rtol)
+    assert_close_per_sample(x.grad, x64.grad, rtol, "gradient of x")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("case", list(HALF_CASES))
+def test_hybrid_pool_half_and_channels_last_close_to_float64(case, channels_last):
+    """HybridPool (float32 parameters, eager CPU) on float16 / bfloat16 / float32 maps with large values: a finite
+    output in the input's dtype, close to the float64 reference, and a finite input gradient. (Parameter gradients
+    are not checked: at 1e30 the attention projection's true gradient, about x^2, lies beyond float32.)"""
+    dtype, largest, rtol = HALF_CASES[case]
+    layer = HybridPool(C, branch_kwargs={"attn": {"heads": 2}})
+    randomize_(layer, seed=15)
+    with torch.no_grad():
+        layer.branches["attn"].proj.weight.mul_(4.0 / largest)  # attention logits of a few units
+    x = large_input(dtype, largest, channels_last).requires_grad_()
+    out = layer(x)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert_close_per_sample(out, layer_reference(layer, x.detach().double()), 2 * rtol, "output")
+    out.double().sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()

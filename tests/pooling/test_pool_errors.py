@@ -15,6 +15,7 @@ from hybridpool.pooling import (
     LSEPool,
     QueryAttentionPool,
     create_pool,
+    registry,
 )
 
 SOME = ["avg", "max", "gem_pc", "lse", "kmax_int", "attn_mh", "qattn_gap", "hybrid_scalar", "hybrid_gate"]
@@ -192,6 +193,30 @@ def test_hybrid_branch_errors():
         HybridPool(C, branches=("avg", "gem"), branch_kwargs={"lse": {"r": 2.0}})
     with pytest.raises(TypeError):
         HybridPool(C, branches=("avg", "gem"), branch_kwargs={"gem": {"q": 2.0}})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"branch_kwargs": {"flatten": {"spatial_size": (3, 3)}}}, {"branch_kwargs": {"flatten": {"spatial_size": 1}}}],
+    ids=["no_spatial_size", "spatial_size_3x3", "spatial_size_1"],
+)
+def test_hybrid_rejects_a_flatten_branch(kwargs):
+    """flatten is registered next to the poolings but returns (B, C * H * W): rejected at construction, with or
+    without its spatial_size, instead of failing inside torch.stack at the first forward."""
+    with pytest.raises(ValueError, match=r"branch 'flatten' is not a pooling.*must return \(B, C\)"):
+        HybridPool(C, branches=("avg", "flatten"), **kwargs)
+
+
+def test_hybrid_rejects_any_branch_wider_than_c(monkeypatch):
+    """Any branch layer whose feat_mult() is not 1 is rejected, naming the branch and its feat_mult()."""
+
+    class Doubled(GlobalAvgPool):
+        def feat_mult(self) -> int:
+            return 2
+
+    monkeypatch.setitem(registry.SINGLE_POOLS, "doubled", Doubled)
+    with pytest.raises(ValueError, match=r"branch 'doubled' \(Doubled\).*feat_mult\(\) = 2.*must return \(B, C\)"):
+        HybridPool(C, branches=("avg", "doubled"))
 
 
 def test_every_config_is_covered_by_a_forward_check():
