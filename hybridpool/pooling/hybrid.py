@@ -187,13 +187,17 @@ class HybridPool(PoolBase):
             out = descriptors.flatten(1)
             weights = None
         else:
-            weights = self._weights(descriptors).to(descriptors.dtype)
+            # mixed in the weights' dtype (float32 for half-precision descriptors): the mixing-logit gradient
+            # sum(g * D) overflows float16 long before the descriptors do
+            weights = self._weights(descriptors)
+            work = descriptors.to(weights.dtype) if descriptors.dtype != weights.dtype else descriptors
             if self.mixing == "gate":
-                out = torch.einsum("bn,bnc->bc", weights, descriptors)
+                out = torch.einsum("bn,bnc->bc", weights, work)
             elif self.mixing == "channel":
-                out = (descriptors * weights).sum(1)
+                out = (work * weights).sum(1)
             else:
-                out = torch.einsum("n,bnc->bc", weights, descriptors)
+                out = torch.einsum("n,bnc->bc", weights, work)
+            out, weights = out.to(descriptors.dtype), weights.to(descriptors.dtype)
         if need_extras:
             extras["descriptors"] = descriptors
             attn_keys = [k for k in extras if k.endswith(".attn")]

@@ -77,3 +77,20 @@ def test_hybrid_half_output_close_to_float32(mixing):
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float(), single, rtol=1e-2, atol=1e-2)
     assert isinstance(layer, HybridPool)
+
+
+@pytest.mark.parametrize("mixing", ["scalar", "channel", "gate"])
+def test_float16_hybrid_mixing_gradients_stay_finite(mixing):
+    """sum(g * D) over batch and channels exceeds float16's 65504 here: the mix runs in the weights' float32."""
+    torch.manual_seed(0)
+    pool = HybridPool(C, branches=("avg", "max"), mixing=mixing, gate_hidden=4)
+    x = large_map(torch.float16, 4, C, 3, 3).requires_grad_()
+    out = pool(x)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    out.float().sum().backward()
+    assert torch.isfinite(pool.mix_logits.grad).all() and torch.isfinite(x.grad).all()
+    # the same gradient as with float32 input of the same values
+    ref = HybridPool(C, branches=("avg", "max"), mixing=mixing, gate_hidden=4)
+    ref.load_state_dict(pool.state_dict())
+    ref(x.detach().float()).sum().backward()
+    torch.testing.assert_close(pool.mix_logits.grad, ref.mix_logits.grad, rtol=2e-3, atol=1.0)
