@@ -85,11 +85,9 @@ for part in $PARTS; do
     fg_cub)
         # CUB's training split is 3.2x Flowers-17's (2,613 vs 816 images): 8 epochs and a subset of the arms
         warm experiment=study_fg data=cub
-        sweep fg-cub-pools experiment=study_fg data=cub pool=avg,max,gem,kmax,attn,hybrid_scalar,hybrid_channel \
-            trainer.max_epochs=8 seed=0,1,2
+        sweep fg-cub-pools experiment=study_fg data=cub pool=avg,max,gem,hybrid_scalar trainer.max_epochs=8 \
+            seed=0,1,2
         sweep fg-cub-nobn experiment=study_fg data=cub pool=avg,max model.post_bn=false trainer.max_epochs=8 seed=0,1,2
-        sweep fg-cub-schedule experiment=study_fg data=cub pool=hybrid_scalar "pool.branches=[avg,max]" pool.init=gap \
-            module.pool_schedule=joint,freeze_and_train trainer.max_epochs=8 seed=0,1,2
         ;;
     effnet)
         warm experiment=study_fg model=efficientnet_lite0 data=flowers17
@@ -103,11 +101,12 @@ for part in $PARTS; do
             pool=flatten "pool.spatial_size=[8,8]" seed=0,1,2
         ;;
     fashion)
-        sweep fashion experiment=study_fashion pool=avg,max,hybrid_scalar seed=0,1,2
+        # one epoch over 54,000 images: the most expensive jobs of the study; GAP and flatten + FC only
+        sweep fashion experiment=study_fashion pool=avg seed=0,1,2
         sweep fashion-flatten experiment=study_fashion pool=flatten "pool.spatial_size=[7,7]" seed=0,1,2
-        sweep fashion-10pct experiment=study_fashion pool=avg data.train_fraction=0.1 trainer.max_epochs=5 seed=0,1,2
+        sweep fashion-10pct experiment=study_fashion pool=avg data.train_fraction=0.1 trainer.max_epochs=3 seed=0,1,2
         sweep fashion-10pct-flatten experiment=study_fashion pool=flatten "pool.spatial_size=[7,7]" \
-            data.train_fraction=0.1 trainer.max_epochs=5 seed=0,1,2
+            data.train_fraction=0.1 trainer.max_epochs=3 seed=0,1,2
         ;;
     *) say "unknown part '$part' (known: fg fg_extra synth fashion fg_cub effnet)"; exit 2 ;;
     esac
