@@ -97,8 +97,11 @@ def block_title(block: tuple[str, str, str]) -> str:
 
 
 def cell_name(cell: Cell) -> str:
-    name = pool_name(cell.pool)
-    return f"{name} [{cell.arm_label}]" if cell.arm_label else name
+    """The pool's display name plus the arm values that differ from the study's defaults
+    (:data:`hybridpool.report.claims.DEFAULT_ARMS`), e.g. ``GeM [learn_p=False, p=4]``."""
+    from hybridpool.report.claims import cell_label
+
+    return cell_label(cell)
 
 
 # ============================================================================================ builders
