@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+from tiny_run import TINY as BASE_TINY
 
 from hybridpool.sweep import (
     JobPlan,
@@ -30,23 +31,8 @@ pytestmark = pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/\w+' is vali
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 
-#: a tiny job (a few seconds): the overrides of conftest.TINY with a CSV logger and last/best checkpoints
-TINY = [
-    "data=synth_detail",
-    "data.num_train=64",
-    "data.num_val=32",
-    "data.num_test=32",
-    "data.batch_size=32",
-    "data.image_size=16",
-    "model.backbone.widths=[8,16]",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.log_every_n_steps=1",
-    "logger=csv",
-    "callbacks=checkpoint",
-]
+#: a tiny job (a few seconds): tiny_run.TINY with a CSV logger and last/best checkpoints
+TINY = [*(o for o in BASE_TINY if not o.startswith(("logger=", "callbacks="))), "logger=csv", "callbacks=checkpoint"]
 
 
 # ------------------------------------------------------------------------------------ helpers for the jobs
