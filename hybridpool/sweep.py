@@ -408,9 +408,8 @@ def summarize(sweep_dir: str | os.PathLike[str], since: float | None = None) -> 
     if since is None:
         invocations = manifest.get("invocations") or []
         since = invocations[-1].get("start_unix") if invocations else None
-    jobs: dict[Any, JobState] = {}
+    found: list[JobState] = []
     metric = None
-    extra = 0
     for d, rec in iter_records(root):
         job = rec.get("job") or {}
         num = job.get("num")
@@ -418,24 +417,37 @@ def summarize(sweep_dir: str | os.PathLike[str], since: float | None = None) -> 
             num = int(d.name)
         metric = metric or (rec.get("config") or {}).get("optimized_metric")
         err = rec.get("error")
-        state = JobState(
-            num=num,
-            state=_state_of(rec, since),
-            dir=str(d),
-            overrides=list(job.get("overrides") or rec.get("overrides") or []),
-            metrics={k: v for k, v in (rec.get("metrics") or {}).items() if isinstance(v, (int, float))},
-            wall_time_s=rec.get("wall_time_s"),
-            error=str(err).splitlines()[0][:200] if err else None,
-            attempts=int(rec.get("attempts") or 1),
-            wandb_id=(rec.get("wandb") or {}).get("id"),
+        found.append(
+            JobState(
+                num=num,
+                state=_state_of(rec, since),
+                dir=str(d),
+                overrides=list(job.get("overrides") or rec.get("overrides") or []),
+                metrics={k: v for k, v in (rec.get("metrics") or {}).items() if isinstance(v, (int, float))},
+                wall_time_s=rec.get("wall_time_s"),
+                error=str(err).splitlines()[0][:200] if err else None,
+                attempts=int(rec.get("attempts") or 1),
+                wandb_id=(rec.get("wandb") or {}).get("id"),
+            )
         )
-        key = num if num is not None and num not in jobs else f"x{extra}"
-        extra += key != num
-        jobs[key] = state
+    # The latest invocation's jobs, matched to records by their overrides: a grid that grew between invocations
+    # (more seeds) numbers its jobs anew, and a job skipped there lives in the folder of its earlier number.
+    by_overrides: dict[tuple[str, ...], list[JobState]] = {}
+    for state in found:
+        by_overrides.setdefault(tuple(sorted(state.overrides)), []).append(state)
+    jobs: list[JobState] = []
     for num, overrides in enumerate(manifest.get("expected_jobs") or []):
-        if num not in jobs:
-            jobs[num] = JobState(num=num, state="pending", dir=None, overrides=list(overrides))
-    ordered = sorted(jobs.values(), key=lambda j: (j.num is None, j.num if j.num is not None else 0, j.dir or ""))
+        matches = by_overrides.get(tuple(sorted(overrides)))
+        if matches:
+            matches.sort(key=lambda j: j.num != num)  # its own folder first
+            state = matches.pop(0)
+            state.num = num
+            jobs.append(state)
+        else:
+            jobs.append(JobState(num=num, state="pending", dir=None, overrides=list(overrides)))
+    claimed = {id(j) for j in jobs}
+    jobs += [j for j in found if id(j) not in claimed]  # records of jobs outside the latest grid
+    ordered = sorted(jobs, key=lambda j: (j.num is None, j.num if j.num is not None else 0, j.dir or ""))
     return SweepSummary(sweep_dir=str(root), name=manifest.get("name") or root.name, jobs=ordered, metric=metric)
 
 

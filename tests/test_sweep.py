@@ -173,6 +173,28 @@ def test_status_command_counts_states_and_spots_killed_jobs(tmp_path, capsys):
     assert status_main([str(tmp_path / "nothing")]) == 3
 
 
+def test_status_after_the_grid_grew_matches_jobs_by_their_overrides(tmp_path):
+    """Seeds 0,1 then 0,1,2: the second invocation numbers its jobs anew (max seed=0 was job 2, is now job 3); each
+    job is found in the folder of its earlier number, and none is counted twice or shown as pending."""
+    sweep = tmp_path / "s"
+    old_grid = [["pool=avg", "seed=0"], ["pool=avg", "seed=1"], ["pool=max", "seed=0"], ["pool=max", "seed=1"]]
+    for num, overrides in enumerate(old_grid):
+        _fake_job(sweep / str(num), f"h{num}", "completed", num=num)
+        rec = json.loads((sweep / str(num) / "results.json").read_text())
+        rec["job"]["overrides"] = overrides
+        (sweep / str(num) / "results.json").write_text(json.dumps(rec))
+    new_grid = [[f"pool={p}", f"seed={s}"] for p in ("avg", "max") for s in range(3)]
+    (sweep / "sweep.json").write_text(json.dumps({
+        "name": "s", "expected_jobs": new_grid, "invocations": [{"start_unix": time.time() - 50}],
+    }))
+    s = summarize(sweep)
+    assert s.counts == {"done": 0, "skipped": 4, "failed": 0, "interrupted": 0, "running": 0, "pending": 2}
+    by_num = {j.num: j for j in s.jobs}
+    assert sorted(by_num) == list(range(6)) and len(s.jobs) == 6
+    assert Path(by_num[3].dir).name == "2" and by_num[3].overrides == ["pool=max", "seed=0"]
+    assert by_num[2].state == by_num[5].state == "pending"
+
+
 def test_ray_launcher_asking_for_gpus_on_a_machine_without_any_is_refused(monkeypatch):
     from omegaconf import OmegaConf
 

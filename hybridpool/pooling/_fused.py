@@ -549,11 +549,15 @@ def pool_branches(
     weight: torch.Tensor | None = None,
     log_temperature: torch.Tensor | None = None,
     eps: float = 1e-6,
+    exact_avg: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run :class:`FusedBranches` on a ``(B, C, H, W)`` feature map of any layout and floating dtype.
 
-    Half precision is computed in float32. Returns ``(descriptors (B, k, C) in x.dtype, attn (B, heads, H, W) or
-    None)``.
+    Half precision is computed in float32; eager float32 on a CPU runs the native kernel (:mod:`._native`) where it
+    is available. ``exact_avg``: the average descriptor is torch's ``mean``, bit for bit ``x.mean((2, 3))`` (the
+    native kernel then leaves the average to torch, one more pass over ``x``).
+
+    Returns ``(descriptors (B, k, C) in x.dtype, attn (B, heads, H, W) or None)``.
     """
     b, c, h, w = x.shape
     work = x.to(torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
@@ -565,11 +569,19 @@ def pool_branches(
 
     weight = weight.flatten(1) if weight is not None else None  # (heads, C, 1, 1) conv weights -> (heads, C)
     args = (flat, cast(p), cast(weight), cast(log_temperature), float(eps), branches)
+    from . import _native  # imports this module
+
     blocked = flat.device.type == "cpu" and not torch.compiler.is_compiling()
+    native = blocked and _native.supports(flat, args[1], args[4], branches)  # float32: the C kernel
     if torch.onnx.is_in_onnx_export():  # exporters trace plain ops; a custom autograd.Function has no ONNX form
         descriptors, attn, _ = branch_forward(*args)
     elif not torch.is_grad_enabled():  # inference: nothing to keep for a backward (GeM's dp statistics included)
-        descriptors, attn, _ = (blocked_forward if blocked else branch_forward)(*args)
+        if native:
+            descriptors, attn, _ = _native.native_forward(*args, exact_avg=exact_avg)
+        else:
+            descriptors, attn, _ = (blocked_forward if blocked else branch_forward)(*args)
+    elif native:
+        descriptors, attn = _native.NativeBranches.apply(*args, exact_avg)
     elif blocked:
         descriptors, attn = BlockedBranches.apply(*args)
     else:

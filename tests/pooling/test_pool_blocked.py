@@ -134,11 +134,12 @@ def test_blocked_one_sample_wider_than_a_block(monkeypatch):
 
 
 def test_eager_cpu_uses_the_blocked_path(monkeypatch):
-    """pool_branches picks BlockedBranches for eager CPU tensors (FusedBranches is for compile and GPUs)."""
+    """pool_branches picks BlockedBranches for eager float64 CPU tensors (float32 goes to the native kernel,
+    FusedBranches is for compile and GPUs)."""
     calls = []
     original = _fused.BlockedBranches.apply
     monkeypatch.setattr(_fused.BlockedBranches, "apply", lambda *a: calls.append(1) or original(*a))
-    _fused.pool_branches(torch.rand(2, C, 3, 3), (True, True, False, False))
+    _fused.pool_branches(torch.rand(2, C, 3, 3, dtype=torch.float64), (True, True, False, False))
     assert calls
 
 

@@ -1,0 +1,205 @@
+"""The native CPU kernel (``_native.c`` through :class:`_native.NativeBranches`, float32) against
+:class:`_fused.FusedBranches` in float64: values and every gradient for all subsets of the four branches, one or two
+heads, scalar or per-channel GeM exponents, both forms of GeM's powers (flat and shifted per row), tied maxima,
+values below GeM's clamp; plus which path ``pool_branches`` takes, the build cache, the fallback without a
+compiler, threads, NaN inputs and empty batches.
+
+The kernel must build here: a missing compiler fails these tests instead of skipping them (``.ci/run`` installs
+one)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import pytest
+import torch
+from pool_refs import randomize_
+
+from hybridpool.pooling import HybridPool, _fused, _native
+
+B, C, N = 5, 8, 13
+SUBSETS = [s for s in itertools.product([False, True], repeat=4) if any(s)]
+F32 = {"rtol": 2e-5, "atol": 2e-6}  # float32 kernel against float64 maths
+
+
+def subset_id(branches) -> str:
+    return "-".join(k for k, on in zip(("avg", "max", "gem", "attn"), branches, strict=True) if on)
+
+
+def awkward(seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    """float64 ``(B, C, N)``: ties, exact zeros, negatives, values below the clamp and a dead channel."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.round(torch.randn(B, C, N, generator=gen, dtype=torch.float64) * 2) / 2
+    x = torch.where(x < -0.6, torch.zeros_like(x), x) * scale
+    x[0, 1] = 0.0
+    x[1, 2, 3] = 1e-9  # below eps
+    return x
+
+
+def parameters(heads: int, per_channel: bool, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    p = 2.0 + torch.rand((C,) if per_channel else (), generator=gen, dtype=torch.float64)
+    weight = torch.randn(heads, C, generator=gen, dtype=torch.float64)
+    return p, weight, torch.tensor(0.3, dtype=torch.float64)
+
+
+def run(fn, x, p, weight, log_t, branches, *extra, eps=1e-6):
+    inputs = [t.clone().requires_grad_() for t in (x, p, weight, log_t)]
+    descriptors, attn = fn.apply(*inputs, eps, branches, *extra)
+    ramp = torch.linspace(-1.0, 2.0, descriptors.numel(), dtype=x.dtype).view_as(descriptors)
+    grads = torch.autograd.grad((descriptors * ramp).sum(), inputs, allow_unused=True)
+    return descriptors.detach(), attn.detach(), grads
+
+
+def assert_native_matches_float64(x, p, weight, log_t, branches, tol=F32):
+    d64, a64, g64 = run(_fused.FusedBranches, x, p, weight, log_t, branches)
+    d32, a32, g32 = run(_native.NativeBranches, *(t.float() for t in (x, p, weight, log_t)), branches)
+    scale = d64.abs().max().clamp_min(1.0)
+    torch.testing.assert_close(d32.double() / scale, d64 / scale, **tol)
+    if branches[3]:
+        torch.testing.assert_close(a32.double(), a64, **tol)
+    for name, g_native, g_ref in zip(("x", "p", "weight", "log_t"), g32, g64, strict=True):
+        assert (g_native is None) == (g_ref is None), name
+        if g_ref is not None:
+            g_scale = g_ref.abs().max().clamp_min(1e-3)
+            torch.testing.assert_close(g_native.double() / g_scale, g_ref / g_scale, **tol, msg=name)
+
+
+def test_the_kernel_builds_here():
+    assert _native.library() is not None, "no native kernel: is a C compiler (cc) installed?"
+
+
+@pytest.mark.parametrize(("heads", "per_channel"), [(1, False), (2, True)], ids=["1head-scalar_p", "2heads-pc_p"])
+@pytest.mark.parametrize("branches", SUBSETS, ids=[subset_id(s) for s in SUBSETS])
+def test_native_equals_float64_fused(branches, heads, per_channel):
+    assert_native_matches_float64(awkward(), *parameters(heads, per_channel), branches)
+
+
+@pytest.mark.parametrize(("scale", "p", "flat"), [(1.0, 3.0, True), (1e12, 8.0, False)], ids=["flat", "shifted"])
+def test_both_forms_of_gem_powers(scale, p, flat):
+    """GeM's powers over a whole block of channels (flat) while x^p and x^(p-1) stay normal floats, that is while
+    max(|p|, |p - 1|) * max(|log2 eps|, |log2 max|) <= 100; else shifted row by row by each row's max (here values
+    up to 1e12 with p = 8, where the flat x^p would overflow). Both match float64."""
+    x = awkward(seed=3, scale=scale).abs() + 0.01 * scale
+    bound = max(abs(math.log2(1e-6)), float(x.amax().log2().abs()))
+    assert (p * bound <= 100) == flat
+    _, weight, log_t = parameters(1, False)
+    assert_native_matches_float64(x, torch.tensor(p, dtype=torch.float64), weight, log_t, (True, True, True, False))
+
+
+def test_no_grad_forward_equals_grad_forward():
+    x, (p, weight, log_t) = awkward(seed=4).float(), (t.float() for t in parameters(2, True))
+    with_grad, attn, _ = run(_native.NativeBranches, x, p, weight, log_t, (True, True, True, True))
+    without, attn_ng, _ = _native.native_forward(x, p, weight, log_t, 1e-6, (True, True, True, True))
+    torch.testing.assert_close(without, with_grad, rtol=0, atol=0)
+    torch.testing.assert_close(attn_ng, attn, rtol=0, atol=0)
+
+
+def test_threads_and_batch_independence():
+    """Two threads split the batch: the same values as one thread and as each sample alone."""
+    x = torch.rand(9, C, N) + 0.1
+    p, weight, log_t = (t.float() for t in parameters(2, False))
+    args = (p, weight, log_t, 1e-6, (True, True, True, True))
+    torch.set_num_threads(2)
+    two, _, _ = _native.native_forward(x, *args)
+    torch.set_num_threads(1)
+    one, _, _ = _native.native_forward(x, *args)
+    torch.testing.assert_close(two, one, rtol=0, atol=0)
+    for i in range(9):
+        alone, _, _ = _native.native_forward(x[i : i + 1].contiguous(), *args)
+        torch.testing.assert_close(alone[0], one[i], rtol=0, atol=0)
+
+
+def test_empty_batch_and_nan_rows():
+    p, weight, log_t = (t.float() for t in parameters(1, False))
+    branches = (True, True, True, True)
+    empty, attn, _ = _native.native_forward(torch.rand(0, C, N), p, weight, log_t, 1e-6, branches)
+    assert empty.shape == (0, 4, C) and attn.shape == (0, 1, N)
+    x = torch.rand(2, C, N)
+    x[1, 3, 5] = float("nan")
+    out, _, _ = _native.native_forward(x, p, weight, log_t, 1e-6, branches)
+    assert torch.isnan(out[1, 0, 3]) and torch.isnan(out[1, 1, 3])  # avg and max of the NaN row
+    assert torch.isfinite(out[0]).all()
+
+
+def test_pool_branches_routes_float32_cpu_to_the_kernel(monkeypatch):
+    calls = []
+    original = _native.NativeBranches.apply
+    monkeypatch.setattr(_native.NativeBranches, "apply", lambda *a: calls.append(a[0].dtype) or original(*a))
+    p = torch.tensor(3.0, requires_grad=True)
+    _fused.pool_branches(torch.rand(2, C, 3, 3), (True, False, True, False), p=p)
+    _fused.pool_branches(torch.rand(2, C, 3, 3, dtype=torch.float64), (True, False, True, False), p=p.double())
+    _fused.pool_branches(torch.rand(2, C, 3, 3), (True, False, True, False), p=torch.tensor(0.5))  # p < 1: torch
+    assert calls == [torch.float32]
+
+
+def test_hybrid_pool_on_the_kernel_matches_float64():
+    """The whole layer (channel mixing, per-channel GeM, two heads, channels_last input) in float32 on the kernel
+    against the same layer in float64 on the torch path."""
+    layer = HybridPool(C, mixing="channel", branch_kwargs={"gem": {"per_channel": True}, "attn": {"heads": 2}})
+    randomize_(layer, seed=2)
+    x = (torch.rand(3, C, 4, 5) + 0.05).to(memory_format=torch.channels_last)
+    ref = layer.double()(x.double())
+    out = layer.float()(x)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_gap_init_stays_bit_exact_on_the_kernel(monkeypatch):
+    calls = []
+    original = _native.NativeBranches.apply
+    monkeypatch.setattr(_native.NativeBranches, "apply", lambda *a: calls.append(1) or original(*a))
+    layer = HybridPool(C, init="gap")
+    x = torch.randn(3, C, 5, 7)
+    assert torch.equal(layer(x), x.mean((2, 3)))
+    with torch.no_grad():
+        assert torch.equal(layer(x), x.mean((2, 3)))
+    assert calls
+
+
+def test_build_cache_and_switch(tmp_path, monkeypatch):
+    """The library is built once into HYBRIDPOOL_NATIVE_DIR and reused; HYBRIDPOOL_NATIVE=0 switches it off."""
+    monkeypatch.setenv("HYBRIDPOOL_NATIVE_DIR", str(tmp_path))
+    _native.library.cache_clear()
+    try:
+        assert _native.library() is not None
+        (built,) = tmp_path.glob("hybridpool_native_*.so")
+        stamp = built.stat().st_mtime_ns
+        _native.library.cache_clear()
+        assert _native.library() is not None
+        assert built.stat().st_mtime_ns == stamp and list(tmp_path.iterdir()) == [built]
+        monkeypatch.setenv("HYBRIDPOOL_NATIVE", "0")
+        _native.library.cache_clear()
+        assert _native.library() is None
+    finally:
+        _native.library.cache_clear()
+
+
+def test_without_a_compiler_one_warning_and_the_torch_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYBRIDPOOL_NATIVE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler-hybridpool")
+    _native.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="no C compiler 'no-such-compiler-hybridpool'"):
+            assert _native.library() is None
+        layer = HybridPool(C)
+        x = torch.rand(2, C, 3, 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the warning came once, from the first call
+            out = layer(x)
+        torch.testing.assert_close(out.double(), layer.double()(x.double()), rtol=1e-5, atol=1e-6)
+    finally:
+        _native.library.cache_clear()
+
+
+def test_a_failing_build_warns_with_the_compiler_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYBRIDPOOL_NATIVE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "_FLAGS", (*_native._FLAGS, "-fno-such-flag-hybridpool"))
+    _native.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="no-such-flag-hybridpool"):
+            assert _native.library() is None
+        assert not list(tmp_path.glob("*.so"))  # no half-written library left behind
+    finally:
+        _native.library.cache_clear()
