@@ -302,6 +302,11 @@ static void backward_samples(const float *x, int64_t b0, int64_t b1, int64_t C, 
 void hp_forward(int threads, const float *x, int64_t B, int64_t C, int64_t N, const int32_t *slots, int64_t k,
                 const float *p, int64_t p_stride, float p_abs_max, float eps, const float *w, int64_t heads,
                 float *desc, float *peak, float *s, float *t, float *logits, float *attn) {
+    if (threads <= 1) { /* no OpenMP region at all (a forked child's libgomp may not survive one) */
+        forward_samples(x, 0, B, C, N, slots, k, p, p_stride, p_abs_max, eps, w, heads, desc, peak, s, t, logits,
+                        attn);
+        return;
+    }
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int part = 0; part < threads; part++)
         forward_samples(x, B * part / threads, B * (part + 1) / threads, C, N, slots, k, p, p_stride, p_abs_max, eps,
@@ -312,6 +317,11 @@ void hp_backward(int threads, const float *x, int64_t B, int64_t C, int64_t N, c
                  const float *g_max, const float *peak, const float *gem_coef, const float *p, int64_t p_stride,
                  float p_abs_max, float eps, const float *g_attn, const float *attn, const float *w, int64_t heads,
                  float *d_logits, float *grad_w, float *grad_x) {
+    if (threads <= 1) {
+        backward_samples(x, 0, B, C, N, g_avg, g_max, peak, gem_coef, p, p_stride, p_abs_max, eps, g_attn, attn, w,
+                         heads, d_logits, grad_w, grad_x);
+        return;
+    }
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int part = 0; part < threads; part++)
         backward_samples(x, B * part / threads, B * (part + 1) / threads, C, N, g_avg, g_max, peak, gem_coef, p,

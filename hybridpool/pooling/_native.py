@@ -116,9 +116,9 @@ def _addr(t: torch.Tensor | None) -> int | None:
 
 
 def supports(x: torch.Tensor, p: torch.Tensor, eps: float, branches: tuple[bool, bool, bool, bool]) -> bool:
-    """Whether the native kernel takes this call: float32 CPU ``x``, and for GeM ``eps > 0`` and every ``p >= 1``
-    (then ``u^p`` and ``u^(p-1)`` lie in ``(0, 1]``); the library loads (built on first use)."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 3:
+    """Whether the native kernel takes this call: contiguous float32 CPU ``x`` ``(B, C, N)``, and for GeM ``eps > 0``
+    and every ``p >= 1`` (then ``u^p`` and ``u^(p-1)`` lie in ``(0, 1]``); the library loads (built on first use)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 3 or not x.is_contiguous():
         return False
     if branches[2] and (eps <= 0 or bool((p < 1).any())):
         return False
@@ -140,6 +140,11 @@ def native_forward(
     ``exact_avg``: the average from torch's ``mean`` (one more pass over ``x``), bit for bit ``x.mean(2)``; the
     kernel's own sum adds in another order and can differ in the last bit.
     """
+    if not supports(x, p, eps, branches):
+        raise ValueError(
+            f"the native kernel takes a contiguous float32 CPU tensor (B, C, N), GeM's eps > 0 and p >= 1; got "
+            f"{x.dtype} {tuple(x.shape)} on {x.device} (contiguous: {x.is_contiguous()}), eps={eps}"
+        )
     _, use_max, use_gem, use_attn = branches
     b, c, n = x.shape
     slots, k = [], 0
