@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from hybridpool.pooling import create_pool
+from hybridpool.pooling import _native, create_pool
 
 SHAPES = [(64, 2048, 7, 7), (64, 512, 14, 14), (32, 256, 28, 28)]
 TARGET_SHAPE = (64, 2048, 7, 7)
@@ -246,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads, device {device}, {args.dtype}, {args.rounds} rounds"
     )
     print(f"command: python {' '.join(sys.argv)}")
+    if device.type == "cpu":
+        lib = _native.library()
+        where = f"loaded from {lib._name}" if lib is not None else "NOT available (the torch path runs instead)"
+        print(f"native CPU kernel of the fused branches (eager float32 and half precision): {where}")
     all_results = {}
     for shape in shapes:
         print(f"shape {shape} ...", flush=True)
