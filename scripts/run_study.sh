@@ -2,7 +2,7 @@
 # The study of paper/: every sweep, in order, then its small records copied into paper/results/.
 #
 #   scripts/run_study.sh                    # all parts; the wall time of the committed run: paper/results/README.md
-#   STUDY_PARTS="fg synth" scripts/run_study.sh     # some parts: fg fg_extra synth fashion fg_cub effnet
+#   STUDY_PARTS="fg synth" scripts/run_study.sh     # some parts: fg fg_extra effnet fg_cub synth fashion synth_mix
 #   STUDY_DIR=/tmp/study STUDY_WORKERS=2 scripts/run_study.sh
 #
 # Needs the offline data (HYBRIDPOOL_DATA_ROOT, TORCH_HOME; see ../shared/data/README.md) and the joblib launcher
@@ -17,7 +17,7 @@ PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 STUDY_DIR="${STUDY_DIR:-outputs/study}"
 WORKERS="${STUDY_WORKERS:-2}"
-PARTS="${STUDY_PARTS:-fg fg_extra effnet fg_cub synth fashion}"
+PARTS="${STUDY_PARTS:-fg fg_extra effnet fg_cub synth fashion synth_mix}"
 # seeds of every cell; the finished jobs of an earlier run with fewer seeds are skipped
 SEEDS="${STUDY_SEEDS:-0,1,2,3,4}"
 RESULTS="${STUDY_RESULTS:-paper/results}"
@@ -99,6 +99,11 @@ for part in $PARTS; do
         sweep synth-flatten experiment=study_synth data=synth_texture,synth_detail,synth_finegrained \
             pool=flatten "pool.spatial_size=[8,8]" "seed=$SEEDS"
         ;;
+    synth_mix)
+        # the other three mixing modes of the hybrid on the classification tasks (about 30 s a job on 2 workers)
+        sweep synth-mix experiment=study_synth data=synth_texture,synth_detail,synth_finegrained \
+            pool=hybrid_channel,hybrid_gate,hybrid_concat "seed=$SEEDS"
+        ;;
     fashion)
         # one epoch over 54,000 images: the most expensive jobs of the study (~100 s each on 2 workers)
         sweep fashion-flatten experiment=study_fashion pool=flatten "pool.spatial_size=[7,7]" "seed=$SEEDS"
@@ -107,7 +112,7 @@ for part in $PARTS; do
             data.train_fraction=0.1 trainer.max_epochs=3 "seed=$SEEDS"
         sweep fashion experiment=study_fashion pool=avg,max,gem,hybrid_scalar "seed=$SEEDS"
         ;;
-    *) say "unknown part '$part' (known: fg fg_extra synth fashion fg_cub effnet)"; exit 2 ;;
+    *) say "unknown part '$part' (known: fg fg_extra effnet fg_cub synth fashion synth_mix)"; exit 2 ;;
     esac
 done
 say "study: $(( $(date +%s) - T0 )) s wall in all"
