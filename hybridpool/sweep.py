@@ -431,21 +431,27 @@ def summarize(sweep_dir: str | os.PathLike[str], since: float | None = None) -> 
             )
         )
     # The latest invocation's jobs, matched to records by their overrides: a grid that grew between invocations
-    # (more seeds) numbers its jobs anew, and a job skipped there lives in the folder of its earlier number.
+    # (more seeds) numbers its jobs anew, and a job skipped there lives in the folder of its earlier number. Where
+    # the recorded overrides are spelt differently from the sweep's list (interpolations such as ${seed}), by number.
+    expected = [list(o) for o in manifest.get("expected_jobs") or []]
     by_overrides: dict[tuple[str, ...], list[JobState]] = {}
     for state in found:
         by_overrides.setdefault(tuple(sorted(state.overrides)), []).append(state)
+    slots: list[JobState | None] = []
+    for num, overrides in enumerate(expected):
+        matches = by_overrides.get(tuple(sorted(overrides)), [])
+        matches.sort(key=lambda j: j.num != num)  # its own folder first
+        slots.append(matches.pop(0) if matches else None)
+    claimed = {id(j) for j in slots if j is not None}
+    by_num = {j.num: j for j in reversed(found) if id(j) not in claimed}
     jobs: list[JobState] = []
-    for num, overrides in enumerate(manifest.get("expected_jobs") or []):
-        matches = by_overrides.get(tuple(sorted(overrides)))
-        if matches:
-            matches.sort(key=lambda j: j.num != num)  # its own folder first
-            state = matches.pop(0)
-            state.num = num
-            jobs.append(state)
-        else:
-            jobs.append(JobState(num=num, state="pending", dir=None, overrides=list(overrides)))
-    claimed = {id(j) for j in jobs}
+    for num, (overrides, state) in enumerate(zip(expected, slots, strict=True)):
+        state = state or by_num.pop(num, None)
+        if state is None:
+            state = JobState(num=num, state="pending", dir=None, overrides=overrides)
+        claimed.add(id(state))
+        state.num = num
+        jobs.append(state)
     jobs += [j for j in found if id(j) not in claimed]  # records of jobs outside the latest grid
     ordered = sorted(jobs, key=lambda j: (j.num is None, j.num if j.num is not None else 0, j.dir or ""))
     return SweepSummary(sweep_dir=str(root), name=manifest.get("name") or root.name, jobs=ordered, metric=metric)
