@@ -449,6 +449,23 @@ def _grad_x_block(
             torch.bmm(low_rank, right, out=gx)
 
 
+def save_branch_context(ctx, inputs: tuple, eps: float, branches: tuple[bool, ...], saved: dict) -> None:
+    """What the blocked and native Functions keep for backward: ``(x, p, weight, log_temperature)``, ``eps``, the
+    branch flags and the forward's ``saved`` tensors."""
+    ctx.branches, ctx.eps = branches, eps
+    ctx.keys = tuple(saved)
+    ctx.save_for_backward(*inputs, *saved.values())
+
+
+def branch_context(ctx, grad_out: torch.Tensor):
+    """The inverse of :func:`save_branch_context` in backward: ``(x, p, weight, log_temperature, saved, grads)``,
+    ``grads`` the upstream gradient of each enabled branch ``(B, C)`` by kind."""
+    x, p, weight, log_temperature, *rest = ctx.saved_tensors
+    kinds = [kind for kind, on in zip(_KINDS, ctx.branches, strict=True) if on]
+    grads = dict(zip(kinds, grad_out.unbind(1), strict=True))
+    return x, p, weight, log_temperature, dict(zip(ctx.keys, rest, strict=True)), grads
+
+
 class BlockedBranches(torch.autograd.Function):
     """:class:`FusedBranches` for eager CPU code: the same maths, computed a block of samples at a time.
 
@@ -463,21 +480,15 @@ class BlockedBranches(torch.autograd.Function):
         descriptors, attn, saved = blocked_forward(
             x, p, weight, log_temperature, eps, branches, need_p_grad=ctx.needs_input_grad[1]
         )
-        ctx.branches, ctx.eps = branches, eps
-        ctx.keys = tuple(saved)
-        ctx.save_for_backward(x, p, weight, log_temperature, *saved.values())
+        save_branch_context(ctx, (x, p, weight, log_temperature), eps, branches, saved)
         return descriptors, attn
 
     @staticmethod
     def backward(ctx, grad_out, _grad_attn):
-        x, p, weight, log_temperature, *rest = ctx.saved_tensors
-        saved = dict(zip(ctx.keys, rest, strict=True))
+        x, p, weight, log_temperature, saved, grads = branch_context(ctx, grad_out)
         use_avg, use_max, use_gem, use_attn = ctx.branches
         need_x, need_p, need_w, need_log_t = ctx.needs_input_grad[:4]
         b, c, n = x.shape
-        grads = dict(
-            zip([k for k, on in zip(_KINDS, ctx.branches, strict=True) if on], grad_out.unbind(1), strict=True)
-        )
         grad_x = grad_p = grad_w = grad_log_t = None
         if use_gem:
             s, g = saved["s"], grads["gem"]

@@ -29,12 +29,11 @@ from pathlib import Path
 
 import torch
 
-from ._fused import _gem_grad_p, _gem_row_coef
+from ._fused import _gem_grad_p, _gem_row_coef, branch_context, save_branch_context
 
 _SOURCE = Path(__file__).with_name("_native.c")
 # -fno-trapping-math lets the compiler vectorise the branch-free selects of the polynomial log2 / exp2
 _FLAGS = ("-O3", "-march=native", "-std=gnu11", "-fopenmp", "-fno-trapping-math", "-fPIC", "-shared")
-_KINDS = ("avg", "max", "gem", "attn")
 _ptr = ctypes.c_void_p
 _i64 = ctypes.c_int64
 
@@ -140,10 +139,10 @@ def native_forward(
     ``exact_avg``: the average from torch's ``mean`` (one more pass over ``x``), bit for bit ``x.mean(2)``; the
     kernel's own sum adds in another order and can differ in the last bit.
     """
-    if not supports(x, p, eps, branches):
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 3 or not x.is_contiguous():
         raise ValueError(
-            f"the native kernel takes a contiguous float32 CPU tensor (B, C, N), GeM's eps > 0 and p >= 1; got "
-            f"{x.dtype} {tuple(x.shape)} on {x.device} (contiguous: {x.is_contiguous()}), eps={eps}"
+            f"the native kernel takes a contiguous float32 CPU tensor (B, C, N); got {x.dtype} {tuple(x.shape)} on "
+            f"{x.device} (contiguous: {x.is_contiguous()})"
         )
     _, use_max, use_gem, use_attn = branches
     b, c, n = x.shape
@@ -158,7 +157,11 @@ def native_forward(
     s = x.new_empty(b, c) if use_gem else None
     t = x.new_empty(b, c) if use_gem and need_p_grad else None
     p_c = p.detach().contiguous()
-    p_abs_max = float(p_c.abs().max()) if use_gem else 0.0  # p >= 1 (see supports): max(|p|, |p - 1|) = max |p|
+    p_abs_max = 0.0  # max over channels of max(|p|, |p - 1|): max p, since p >= 1
+    if use_gem:
+        p_min, p_abs_max = (float(v) for v in torch.aminmax(p_c))
+        if eps <= 0 or p_min < 1:
+            raise ValueError(f"the native kernel's GeM needs eps > 0 and p >= 1; got eps={eps}, min p={p_min}")
     attn = logits = scaled_w = None
     heads = 1
     if use_attn:
@@ -198,20 +201,16 @@ class NativeBranches(torch.autograd.Function):
         descriptors, attn, saved = native_forward(
             x, p, weight, log_temperature, eps, branches, ctx.needs_input_grad[1], exact_avg
         )
-        ctx.branches, ctx.eps = branches, eps
-        ctx.keys = tuple(saved)
-        ctx.save_for_backward(x, p, weight, log_temperature, *saved.values())
+        save_branch_context(ctx, (x, p, weight, log_temperature), eps, branches, saved)
         return descriptors, attn
 
     @staticmethod
     def backward(ctx, grad_out, _grad_attn):
-        x, p, weight, log_temperature, *rest = ctx.saved_tensors
-        saved = dict(zip(ctx.keys, rest, strict=True))
+        x, p, weight, log_temperature, saved, grads = branch_context(ctx, grad_out)
+        grads = {kind: g.contiguous() for kind, g in grads.items()}  # the kernel reads (B, C) rows
         _, _, use_gem, use_attn = ctx.branches
         need_x, need_p, need_w, need_log_t = ctx.needs_input_grad[:4]
         b, c, n = x.shape
-        on = [kind for kind, used in zip(_KINDS, ctx.branches, strict=True) if used]
-        grads = {kind: g.contiguous() for kind, g in zip(on, grad_out.unbind(1), strict=True)}
         grad_x = grad_p = grad_w = grad_log_t = None
         coef = None
         if use_gem:
@@ -231,7 +230,7 @@ class NativeBranches(torch.autograd.Function):
             grad_w_rows = x.new_empty(b, heads, c) if need_w else None
         grad_x = torch.empty_like(x) if need_x else None
         p_c = p.detach().contiguous()
-        p_abs_max = float(p_c.abs().max()) if coef is not None else 0.0
+        p_abs_max = float(p_c.max()) if coef is not None else 0.0  # p >= 1
         g_attn = grads.get("attn") if use_attn else None
         library().hp_backward(
             _threads(b), x.data_ptr(), b, c, n, _addr(grads.get("avg") if need_x else None),
