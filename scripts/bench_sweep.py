@@ -12,11 +12,16 @@ For every launcher it reports the wall time of the whole command and, from the j
     fixed per job = (wall x workers - sum of useful) / jobs
 
 i.e. every second of a worker not spent training (process start, imports, Hydra, W&B, data set-up, idle at
-the end), shared out over the jobs; with its breakdown (imports, W&B init/finish, set-up) from the records.
+the end), shared out over the jobs; with its breakdown (imports, W&B init/finish, set-up) from the records. Next to
+each parallel launcher's ratio to the sequential wall it prints the bound that the jobs' own thread scaling sets:
+``(sum of useful / workers) / sequential sum of useful``, the ratio with no fixed cost on either side (jobs with 1
+thread each run longer than with 2). ``--rounds N`` runs the launchers N times, interleaved, and reports the median
+ratio.
 Targets (issue 4): fixed cost <= 25% of a 30-s job's wall; 2 workers <= 0.65x the sequential wall.
 
     python scripts/bench_sweep.py                          # all launchers -> benchmarks/sweep_cpu.txt
     python scripts/bench_sweep.py --launchers basic joblib --epochs 10 --out /tmp/quick.txt
+    python scripts/bench_sweep.py --launchers basic joblib --rounds 2   # interleaved: basic, joblib, basic, joblib
 
 Needs the offline data (``--data-root``, default ``$HYBRIDPOOL_DATA_ROOT`` or ``../shared/data``) with
 ``flowers17/`` and ``torch_home/`` (MobileNetV2 weights), and the joblib and Ray launchers installed.
@@ -134,6 +139,9 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="where outputs and the feature cache go (default: a temp dir)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "sweep_cpu.txt"))
     ap.add_argument("--no-rerun", action="store_true", help="skip the timed re-run of the basic sweep")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every launcher this many times, interleaved (basic, joblib, basic, joblib, ...), so "
+                         "that a shared machine's slow spells fall on all of them; ratios per round and median")
     ap.add_argument("--throughput-rounds", type=int, default=3,
                     help="rounds of the 1-job-with-2-threads vs 2-jobs-with-1-thread check (0: none)")
     args = ap.parse_args()
@@ -196,10 +204,13 @@ def main() -> int:
         Path(args.out).write_text("\n".join(lines) + "\n")
         return 1
 
-    results: dict[str, dict] = {}
-    for name in args.launchers:
+    results: dict[str, dict] = {}  # "<launcher>" (one round) or "<launcher> r<k>"
+    runs = [(name, k) for k in range(1, args.rounds + 1) for name in args.launchers]  # interleaved rounds
+    for name, k in runs:
         label, workers, extra = LAUNCHERS[name]
-        sweep = work / "sweeps" / name
+        key = name if args.rounds == 1 else f"{name} r{k}"
+        label = label if args.rounds == 1 else f"{label} round {k}"
+        sweep = work / "sweeps" / key.replace(" ", "-")
         if sweep.exists():
             shutil.rmtree(sweep)
         load = os.getloadavg()[0]
@@ -212,8 +223,8 @@ def main() -> int:
         t = [r["timing"] for r in done]
         fresh = [x["start_unix"] - x["process_start_unix"] + x.get("startup_s", 0.0) for x in t
                  if x.get("process_start_unix") and x.get("startup_s", 0) > 0.5]
-        results[name] = dict(label=label, workers=workers, wall=wall, rc=rc, jobs=len(done), useful=useful,
-                             fixed=fixed, job_wall=job_wall)
+        results[key] = dict(label=label, workers=workers, wall=wall, rc=rc, jobs=len(done), useful=useful,
+                            fixed=fixed, job_wall=job_wall, name=name, round=k)
         say("")
         say(f"== {label}: {len(done)}/{n_jobs} jobs completed, rc {rc}, wall {wall:.1f} s (load avg before "
             f"{load:.2f}), torch threads per job {sorted({r['devices'].get('torch_threads') for r in done})}")
@@ -237,7 +248,7 @@ def main() -> int:
                 f"  {' '.join(o for o in r['job']['overrides'] if o.startswith(('pool=', 'seed=')))}")
 
     if "basic" in args.launchers and not args.no_rerun:
-        sweep = work / "sweeps" / "basic"
+        sweep = work / "sweeps" / ("basic" if args.rounds == 1 else "basic-r1")
         wall, rc = _run([*py, "-m", *sweep_args, f"hydra.sweep.dir={sweep}"], env, work, work / "basic-rerun.log")
         say("")
         say(f"== re-run of the basic sweep (all {n_jobs} jobs completed before, so skipped): wall {wall:.1f} s, "
@@ -248,11 +259,23 @@ def main() -> int:
 
     say("")
     say("== summary")
-    base = results.get("basic")
-    for name, r in results.items():
-        ratio = f", {r['wall'] / base['wall']:.2f}x sequential" if base and name != "basic" else ""
-        say(f"   {r['label']:<28} wall {r['wall']:6.1f} s{ratio}; fixed {r['fixed']:.1f} s per job = "
+    say("   x sequential: the wall time over the basic sweep's of the same round. Bound: the same ratio with no fixed")
+    say("   cost on either side (sum of useful / workers over the basic sweep's sum of useful): what the jobs' own")
+    say("   thread scaling allows (1 thread each in parallel, 2 threads in sequence); fixed costs come on top of it.")
+    ratios: dict[str, list[float]] = {}
+    for r in results.values():
+        base = results.get("basic" if args.rounds == 1 else f"basic r{r['round']}")
+        ratio = ""
+        if base and r["name"] != "basic":
+            ratios.setdefault(r["name"], []).append(r["wall"] / base["wall"])
+            bound = sum(r["useful"]) / r["workers"] / sum(base["useful"])
+            ratio = f", {r['wall'] / base['wall']:.2f}x sequential (bound {bound:.2f}x)"
+        say(f"   {r['label']:<36} wall {r['wall']:6.1f} s{ratio}; fixed {r['fixed']:.1f} s per job = "
             f"{r['fixed'] / r['job_wall']:.0%} of the job's wall (useful {_mean(r['useful']):.1f} s)")
+    if args.rounds > 1:
+        for name, xs in ratios.items():
+            say(f"   {LAUNCHERS[name][0]}: median over {len(xs)} rounds {statistics.median(xs):.2f}x sequential "
+                f"({' '.join(f'{x:.2f}' for x in xs)})")
     say("   targets: fixed <= 25% of a 30-s job's wall; 2 workers <= 0.65x sequential")
     say(f"   raw logs and records: {work}")
     out = Path(args.out)

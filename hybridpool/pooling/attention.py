@@ -13,6 +13,7 @@ from torch import nn
 
 from . import functional as F
 from ._base import PoolBase, check_channels, scale_free_layer_norm
+from ._fused import pool_branches
 
 
 def _logit_input(x: torch.Tensor) -> torch.Tensor:
@@ -72,10 +73,13 @@ class AttentionPool(_TemperatureMixin):
         self._init_temperature(temperature, learn_temperature)
 
     def pool(self, x: torch.Tensor, need_extras: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        work = _logit_input(x)
-        logits = nn.functional.conv2d(work, self.proj.weight.to(work.dtype))
-        pooled, attn = F.attention_pool(x, logits, self.temperature)
-        return pooled, ({"attn": attn} if need_extras else {})
+        # the attention branch of the fused hybrid kernels: projection, softmax and weighted sum in one pass per
+        # sample on a CPU (the native kernel for float32), whole-tensor ops on a GPU or under torch.compile;
+        # the same values as F.attention_pool(x, conv2d(x, proj.weight), temperature)
+        descriptors, attn = pool_branches(
+            x, (False, False, False, True), weight=self.proj.weight, log_temperature=self.log_temperature
+        )
+        return descriptors[:, 0], ({"attn": attn} if need_extras else {})
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:

@@ -15,9 +15,9 @@ import warnings
 
 import pytest
 import torch
-from pool_refs import randomize_
+from pool_refs import randomize_, ref_attention
 
-from hybridpool.pooling import HybridPool, _fused, _native
+from hybridpool.pooling import AttentionPool, HybridPool, _fused, _native
 
 B, C, N = 5, 8, 13
 SUBSETS = [s for s in itertools.product([False, True], repeat=4) if any(s)]
@@ -144,6 +144,32 @@ def test_hybrid_pool_on_the_kernel_matches_float64():
     ref = layer.double()(x.double())
     out = layer.float()(x)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_pool_runs_on_the_kernel_and_matches_float64(monkeypatch):
+    """AttentionPool on its own (2 heads, learnable temperature) takes the kernel in float32; its output, attention
+    maps and the gradients of the projection, the temperature and the input match the float64 torch path."""
+    calls = []
+    original = _native.NativeBranches.apply
+    monkeypatch.setattr(_native.NativeBranches, "apply", lambda *a: calls.append(a[5]) or original(*a))
+    layer = AttentionPool(C, heads=2, temperature=0.7, learn_temperature=True)
+    randomize_(layer, seed=4)
+    x64 = torch.randn(3, C, 4, 5, dtype=torch.float64)
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        layer = layer.to(dtype)
+        layer.zero_grad()
+        x = x64.to(dtype).detach().requires_grad_()
+        out, extras = layer.forward_with_extras(x)
+        (out * torch.linspace(-1, 2, out.numel(), dtype=dtype).view_as(out)).sum().backward()
+        grads = (x.grad, layer.proj.weight.grad, layer.log_temperature.grad)
+        results[dtype] = [t.detach().double().clone() for t in (out, extras["attn"], *grads)]
+    assert calls == [(False, False, False, True)]  # float32 only
+    for got, want in zip(results[torch.float32], results[torch.float64], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    ref_out, ref_attn = ref_attention(x64, layer.proj.weight, None, layer.temperature.double(), 2)
+    torch.testing.assert_close(results[torch.float64][0], ref_out)
+    torch.testing.assert_close(results[torch.float64][1], ref_attn)
 
 
 def test_gap_init_stays_bit_exact_on_the_kernel(monkeypatch):
