@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -66,3 +68,18 @@ def test_wandb_unreachable_host_falls_back_within_the_probe_timeout(monkeypatch)
     t = time.perf_counter()
     mode, reason = resolve_wandb_mode("auto", timeout=0.5)
     assert mode == "offline" and "not reachable" in reason and time.perf_counter() - t < 2
+
+
+@pytest.mark.parametrize(("logger", "preloaded"), [("wandb", True), ("csv", False), ("none", False)])
+def test_wandb_launch_modules_are_imported_before_torch_when_wandb_logs(logger, preloaded, train_env):
+    """``train`` imports the W&B module that ``wandb.init`` would import, ahead of torch, only when a W&B logger is
+    configured (in a fresh interpreter: this one has imported both long ago)."""
+    code = (
+        "import sys\n"
+        "from hybridpool.train import _preload_wandb, compose_config\n"
+        f"cfg = compose_config(['logger={logger}'])\n"
+        "_preload_wandb(cfg)\n"
+        "print('wandb.sdk.launch.inputs.internal' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert done.stdout.split() == [str(preloaded), "False"]
