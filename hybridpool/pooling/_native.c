@@ -1,7 +1,8 @@
-/* The avg / max / GeM / attention branches of a hybrid pool on a CPU, float32, forward and backward: one pass over
- * each sample's (C, N) feature map, N = H * W, with the elementwise log2 / exp2 of GeM inlined as short polynomials
- * that the compiler vectorises (AVX2: 8 lanes). Built and called by _native.py; the batch is split over OpenMP threads;
- * the maths is that of _fused.py (see there), and tests/pooling/test_pool_native.py checks one against the other.
+/* The avg / max / GeM / attention branches of a hybrid pool, and log-sum-exp pooling, on a CPU, float32, forward
+ * and backward: one pass over each sample's (C, N) feature map, N = H * W, with the elementwise log2 / exp2 inlined
+ * as short polynomials that the compiler vectorises (AVX2: 8 lanes). Built and called by _native.py; the batch is
+ * split over OpenMP threads; the maths is that of _fused.py and functional.lse_pool (see there), and
+ * tests/pooling/test_pool_native.py checks one against the other.
  *
  * Layouts (all contiguous, row-major): x (B, C, N); descriptors (B, k, C) for the k enabled branches in the order
  * avg, max, gem, attn; per-row statistics (B, C); attention logits / weights (B, heads, N); projection w (heads, C),
@@ -296,6 +297,59 @@ static void backward_samples(const float *x, int64_t b0, int64_t b1, int64_t C, 
     }
 }
 
+/* Log-sum-exp pooling of samples [b0, b1), rows of x shifted by their max m: with k = r log2(e) and
+ * e_i = 2^(k (x_i - m)), y = m + ln(sum e_i / N) / r; ew = sum e_i x_i / sum e_i, the mean of x under the softmax
+ * weights of r x (dy/dr = (ew - y) / r); m and sum e_i are kept for backward. r is read as r[c * r_stride]. A row
+ * whose max is not finite (+-inf, NaN) gives y = ew = m, as torch.logsumexp; terms with k (x_i - m) < -126 (x_i = -inf
+ * among them) count as 0. */
+static void lse_forward_samples(const float *x, int64_t b0, int64_t b1, int64_t C, int64_t N, const float *r,
+                                int64_t r_stride, float *y, float *ew, float *peak, float *total) {
+    for (int64_t row_i = b0 * C; row_i < b1 * C; row_i++) {
+        const float *row = x + row_i * N;
+        const float rc = r[(row_i % C) * r_stride], k = rc * 1.4426950408889634f;
+        float sum, m;
+        row_sum_max(row, N, &sum, &m);
+        peak[row_i] = m;
+        if (!isfinite(m)) {
+            y[row_i] = ew[row_i] = m;
+            total[row_i] = 1.0f;
+            continue;
+        }
+        float s = 0.0f, sx = 0.0f;
+#pragma omp simd reduction(+ : s, sx)
+        for (int64_t i = 0; i < N; i++) {
+            float z = k * (row[i] - m);
+            float e = z >= -126.0f ? fast_exp2(z) : 0.0f;
+            s += e;
+            sx += e > 0.0f ? e * row[i] : 0.0f;
+        }
+        total[row_i] = s;
+        y[row_i] = m + logf(s / (float)N) / rc;
+        ew[row_i] = sx / s;
+    }
+}
+
+/* grad_x[i] = g e_i / sum e (the softmax weights of r x), from the row max and sum kept by the forward */
+static void lse_backward_samples(const float *x, int64_t b0, int64_t b1, int64_t C, int64_t N, const float *r,
+                                 int64_t r_stride, const float *g, const float *peak, const float *total,
+                                 float *grad_x) {
+    for (int64_t row_i = b0 * C; row_i < b1 * C; row_i++) {
+        const float *row = x + row_i * N;
+        float *out = grad_x + row_i * N;
+        const float m = peak[row_i], k = r[(row_i % C) * r_stride] * 1.4426950408889634f;
+        const float scale = g[row_i] / total[row_i];
+        if (!isfinite(m)) {
+            for (int64_t i = 0; i < N; i++) out[i] = NAN;
+            continue;
+        }
+#pragma omp simd
+        for (int64_t i = 0; i < N; i++) {
+            float z = k * (row[i] - m);
+            out[i] = z >= -126.0f ? scale * fast_exp2(z) : 0.0f;
+        }
+    }
+}
+
 /* The entry points: the B samples split into `threads` contiguous parts, one per OpenMP thread. Loaded into a
  * process that has imported torch, this library shares torch's libgomp.so.1 and so its thread pool (two pools would
  * spin against each other between calls). Arguments as forward_samples / backward_samples. */
@@ -326,4 +380,27 @@ void hp_backward(int threads, const float *x, int64_t B, int64_t C, int64_t N, c
     for (int part = 0; part < threads; part++)
         backward_samples(x, B * part / threads, B * (part + 1) / threads, C, N, g_avg, g_max, peak, gem_coef, p,
                          p_stride, p_abs_max, eps, g_attn, attn, w, heads, d_logits, grad_w, grad_x);
+}
+
+void hp_lse_forward(int threads, const float *x, int64_t B, int64_t C, int64_t N, const float *r, int64_t r_stride,
+                    float *y, float *ew, float *peak, float *total) {
+    if (threads <= 1) {
+        lse_forward_samples(x, 0, B, C, N, r, r_stride, y, ew, peak, total);
+        return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int part = 0; part < threads; part++)
+        lse_forward_samples(x, B * part / threads, B * (part + 1) / threads, C, N, r, r_stride, y, ew, peak, total);
+}
+
+void hp_lse_backward(int threads, const float *x, int64_t B, int64_t C, int64_t N, const float *r, int64_t r_stride,
+                     const float *g, const float *peak, const float *total, float *grad_x) {
+    if (threads <= 1) {
+        lse_backward_samples(x, 0, B, C, N, r, r_stride, g, peak, total, grad_x);
+        return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int part = 0; part < threads; part++)
+        lse_backward_samples(x, B * part / threads, B * (part + 1) / threads, C, N, r, r_stride, g, peak, total,
+                             grad_x);
 }

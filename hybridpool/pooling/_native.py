@@ -102,6 +102,9 @@ def library() -> ctypes.CDLL | None:
     lib.hp_backward.argtypes = [i32, _ptr, _i64, _i64, _i64, *[_ptr] * 5, _i64, f32, f32, *[_ptr] * 3, _i64]
     lib.hp_backward.argtypes += [_ptr] * 3
     lib.hp_forward.restype = lib.hp_backward.restype = None
+    lib.hp_lse_forward.argtypes = [i32, _ptr, _i64, _i64, _i64, _ptr, _i64, *[_ptr] * 4]
+    lib.hp_lse_backward.argtypes = [i32, _ptr, _i64, _i64, _i64, _ptr, _i64, *[_ptr] * 4]
+    lib.hp_lse_forward.restype = lib.hp_lse_backward.restype = None
     return lib
 
 
@@ -244,3 +247,52 @@ class NativeBranches(torch.autograd.Function):
             if need_log_t:
                 grad_log_t = -(d_logits * saved["logits"]).sum()
         return grad_x, grad_p, grad_w, grad_log_t, None, None, None
+
+
+def lse_supports(x: torch.Tensor, r: torch.Tensor) -> bool:
+    """Whether :class:`NativeLSE` takes this call: contiguous float32 CPU ``x`` ``(B, C, N)``, ``r > 0`` scalar or
+    ``(C,)`` float32 (the kernel shifts each row by its max, which bounds ``exp(r x)`` for ``r > 0`` only), eager,
+    and the library loads."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 3 or not x.is_contiguous():
+        return False
+    if r.dtype != torch.float32 or r.device.type != "cpu" or r.dim() > 1 or (r.dim() == 1 and r.numel() != x.shape[1]):
+        return False
+    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or bool((r <= 0).any()):
+        return False
+    return library() is not None
+
+
+class NativeLSE(torch.autograd.Function):
+    """Log-sum-exp pooling ``(1/r) log(mean_n exp(r x))`` in the native kernel: ``x`` ``(B, C, N)`` float32 on a
+    CPU, ``r`` ``()`` or ``(C,)`` -> ``(B, C)``. Backward recomputes the softmax weights of ``r x`` row by row
+    (nothing input-sized is kept besides ``x``); ``dy/dr = (mean of x under those weights - y) / r``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        b, c, n = x.shape
+        r_c = r.detach().contiguous()
+        y, weighted_mean, peak, total = (x.new_empty(b, c) for _ in range(4))
+        library().hp_lse_forward(
+            _threads(b), x.data_ptr(), b, c, n, r_c.data_ptr(), int(r_c.dim() > 0), y.data_ptr(),
+            weighted_mean.data_ptr(), peak.data_ptr(), total.data_ptr(),
+        )  # fmt: skip
+        ctx.save_for_backward(x, r, y, weighted_mean, peak, total)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x, r, y, weighted_mean, peak, total = ctx.saved_tensors
+        grad_x = grad_r = None
+        if ctx.needs_input_grad[0]:
+            b, c, n = x.shape
+            g = grad_y.contiguous()
+            r_c = r.detach().contiguous()
+            grad_x = torch.empty_like(x)
+            library().hp_lse_backward(
+                _threads(b), x.data_ptr(), b, c, n, r_c.data_ptr(), int(r_c.dim() > 0), g.data_ptr(),
+                peak.data_ptr(), total.data_ptr(), grad_x.data_ptr(),
+            )  # fmt: skip
+        if ctx.needs_input_grad[1]:
+            per_row = grad_y * (weighted_mean - y) / r  # (B, C)
+            grad_r = per_row.sum() if r.dim() == 0 else per_row.sum(0)
+        return grad_x, grad_r

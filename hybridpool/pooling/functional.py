@@ -79,6 +79,9 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> to
 def lse_pool(x: torch.Tensor, r: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Log-sum-exp pooling ``(1/r) log(mean_{h,w} exp(r x))``, stabilised by the max.
 
+    Eager float32 (and half precision, computed in float32) on a CPU runs the native kernel (:class:`_native.NativeLSE`,
+    one pass per row); other devices, dtypes and compiled code use ``torch.logsumexp``.
+
     Args:
         x: ``(B, C, H, W)``.
         r: sharpness ``> 0``, scalar or per-channel ``(C,)``; small ``r`` tends to the mean, large ``r`` to the max.
@@ -88,9 +91,15 @@ def lse_pool(x: torch.Tensor, r: torch.Tensor | float = 1.0) -> torch.Tensor:
     """
     work = x.to(_compute_dtype(x.dtype))
     r_b = _channel_view(r, work)
+    r_flat = r_b.flatten() if r_b.dim() else r_b
+    if work.device.type == "cpu" and work.dtype == torch.float32:  # eager CPU float32: the native kernel
+        from . import _native
+
+        flat = work.flatten(2).contiguous()
+        if _native.lse_supports(flat, r_flat):
+            return _native.NativeLSE.apply(flat, r_flat).to(x.dtype)
     n = x.shape[2] * x.shape[3]
     lse = torch.logsumexp((work * r_b).flatten(2), dim=2)  # logsumexp subtracts the max internally
-    r_flat = r_b.flatten() if r_b.dim() else r_b
     return ((lse - math.log(n)) / r_flat).to(x.dtype)
 
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 from pool_refs import randomize_, ref_attention
 
-from hybridpool.pooling import AttentionPool, HybridPool, _fused, _native
+from hybridpool.pooling import AttentionPool, HybridPool, LSEPool, _fused, _native
+from hybridpool.pooling.functional import lse_pool
 
 B, C, N = 5, 8, 13
 SUBSETS = [s for s in itertools.product([False, True], repeat=4) if any(s)]
@@ -229,3 +230,83 @@ def test_a_failing_build_warns_with_the_compiler_message(tmp_path, monkeypatch):
         assert not list(tmp_path.glob("*.so"))  # no half-written library left behind
     finally:
         _native.library.cache_clear()
+
+
+# ---------------------------------------------------------------------------------------------- log-sum-exp pooling
+def lse64(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """float64 LSE pooling through torch.logsumexp: ``x`` ``(B, C, N)``, ``r`` ``()`` or ``(C,)`` -> ``(B, C)``."""
+    r3 = r.view(1, -1, 1) if r.dim() else r
+    return (torch.logsumexp(x * r3, dim=2) - math.log(x.shape[2])) / r
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0], ids=["unit", "large"])  # large: r x up to ~500, exp(r x) overflows
+@pytest.mark.parametrize("per_channel", [False, True], ids=["scalar_r", "channel_r"])
+def test_lse_kernel_matches_float64_values_and_gradients(per_channel, scale):
+    x64 = awkward(seed=5, scale=scale)
+    gen = torch.Generator().manual_seed(6)
+    r64 = torch.rand(C, generator=gen, dtype=torch.float64) * 2 + 0.2 if per_channel else torch.tensor(1.7).double()
+    g = torch.randn(B, C, generator=gen, dtype=torch.float64)
+    grads = {}
+    for name, dtype in (("kernel", torch.float32), ("ref", torch.float64)):
+        x, r = x64.to(dtype).requires_grad_(), r64.to(dtype).requires_grad_()
+        y = _native.NativeLSE.apply(x, r) if name == "kernel" else lse64(x, r)
+        torch.autograd.backward(y, g.to(dtype))
+        grads[name] = [t.detach().double() for t in (y, x.grad, r.grad)]
+    tol = {"rtol": 2e-5, "atol": 2e-6 * scale}
+    for got, want in zip(grads["kernel"], grads["ref"], strict=True):
+        torch.testing.assert_close(got, want, **tol)
+
+
+def test_lse_kernel_non_finite_rows_follow_torch():
+    """A -inf entry counts as exp(-inf) = 0; rows of -inf, +inf or NaN give what torch.logsumexp gives."""
+    x = torch.rand(2, C, N) * 3
+    x[0, 0, 4] = -math.inf
+    x[0, 1] = -math.inf
+    x[0, 2, 3] = math.inf
+    x[1, 5, 6] = math.nan
+    r = torch.tensor(0.8)
+    got = _native.NativeLSE.apply(x, r)
+    torch.testing.assert_close(got, lse64(x.double(), r.double()).float(), rtol=2e-5, atol=2e-6, equal_nan=True)
+    assert got[0, 1] == -math.inf and got[0, 2] == math.inf and math.isnan(got[1, 5])
+
+
+def test_lse_kernel_threads_and_batch_independence():
+    x, r = torch.randn(9, C, N), torch.rand(C) + 0.5
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = _native.NativeLSE.apply(x, r)
+        torch.set_num_threads(1)
+        one = _native.NativeLSE.apply(x, r)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(two, one, rtol=0, atol=0)
+    torch.testing.assert_close(_native.NativeLSE.apply(x[4:5].contiguous(), r)[0], one[4], rtol=0, atol=0)
+
+
+def test_lse_pool_routes_float32_cpu_to_the_kernel(monkeypatch):
+    """LSEPool (scalar and per-channel r, channels_last input, half precision) takes the kernel in float32 and
+    torch.logsumexp in float64; the two agree."""
+    calls = []
+    original = _native.NativeLSE.apply
+    monkeypatch.setattr(_native.NativeLSE, "apply", lambda *a: calls.append(a[0].dtype) or original(*a))
+    for layer in (LSEPool(r=2.5), LSEPool(C, r=0.7, per_channel=True)):
+        x = torch.randn(3, C, 4, 5).to(memory_format=torch.channels_last)
+        calls.clear()
+        out = layer(x)
+        ref = layer.double()(x.double())
+        layer.float()
+        assert calls == [torch.float32]
+        torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-6)
+        half = layer(x.bfloat16())
+        assert half.dtype == torch.bfloat16 and calls == [torch.float32, torch.float32]
+
+
+def test_lse_with_a_non_positive_r_takes_torch(monkeypatch):
+    calls = []
+    original = _native.NativeLSE.apply
+    monkeypatch.setattr(_native.NativeLSE, "apply", lambda *a: calls.append(1) or original(*a))
+    x = torch.randn(2, C, 3, 3)
+    out = lse_pool(x, torch.tensor(-0.5))
+    assert not calls
+    torch.testing.assert_close(out.double(), lse64(x.double().flatten(2), torch.tensor(-0.5).double()), **F32)
