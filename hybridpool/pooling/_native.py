@@ -1,5 +1,6 @@
-"""The native CPU kernel of the fused hybrid branches (``_native.c``): built with the system's C compiler on first
-use, cached, and called through :mod:`ctypes` on float32 CPU tensors.
+"""The native CPU kernel of the fused hybrid branches (which ``GeM`` and ``AttentionPool`` on their own also take)
+and of log-sum-exp pooling (``_native.c``): built with the system's C compiler on first use, cached, and called
+through :mod:`ctypes` on float32 CPU tensors.
 
 Why native: on a CPU, GeM's per-element ``log`` and ``exp`` are where a hybrid pool's time goes, and torch runs each
 as its own pass over memory with a full-size temporary. The C kernel reads each row of ``x`` once into the L1 cache
@@ -9,7 +10,8 @@ and does everything there, with ``log2`` / ``exp2`` as short polynomials that th
   ``$XDG_CACHE_HOME/hybridpool/native``, else ``~/.cache/hybridpool/native``), under a name that hashes the
   source, the flags and the CPU's feature flags; concurrent processes (a parallel sweep) write it atomically.
 - Off switch: ``HYBRIDPOOL_NATIVE=0``. Without a compiler, or when the build fails, one warning says so and the
-  layers use the torch path (``_fused.BlockedBranches``), which gives the same values more slowly.
+  layers use the torch path (``_fused.BlockedBranches``, ``torch.logsumexp``), which gives the same values more
+  slowly.
 - Threads: the batch is split over ``torch.get_num_threads()`` OpenMP threads. The library links ``libgomp.so.1``,
   the runtime that torch's wheels load under that name, so the kernel shares torch's thread pool.
 """
