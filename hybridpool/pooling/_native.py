@@ -119,10 +119,15 @@ def _addr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _kernel_layout(x: torch.Tensor) -> bool:
+    """Whether ``x`` is what the kernel reads: a contiguous float32 CPU tensor ``(B, C, N)``."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 3 and x.is_contiguous()
+
+
 def supports(x: torch.Tensor, p: torch.Tensor, eps: float, branches: tuple[bool, bool, bool, bool]) -> bool:
     """Whether the native kernel takes this call: contiguous float32 CPU ``x`` ``(B, C, N)``, and for GeM ``eps > 0``
     and every ``p >= 1`` (then ``u^p`` and ``u^(p-1)`` lie in ``(0, 1]``); the library loads (built on first use)."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 3 or not x.is_contiguous():
+    if not _kernel_layout(x):
         return False
     if branches[2] and (eps <= 0 or bool((p < 1).any())):
         return False
@@ -144,7 +149,7 @@ def native_forward(
     ``exact_avg``: the average from torch's ``mean`` (one more pass over ``x``), bit for bit ``x.mean(2)``; the
     kernel's own sum adds in another order and can differ in the last bit.
     """
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 3 or not x.is_contiguous():
+    if not _kernel_layout(x):
         raise ValueError(
             f"the native kernel takes a contiguous float32 CPU tensor (B, C, N); got {x.dtype} {tuple(x.shape)} on "
             f"{x.device} (contiguous: {x.is_contiguous()})"
@@ -255,7 +260,7 @@ def lse_supports(x: torch.Tensor, r: torch.Tensor) -> bool:
     """Whether :class:`NativeLSE` takes this call: contiguous float32 CPU ``x`` ``(B, C, N)``, ``r > 0`` scalar or
     ``(C,)`` float32 (the kernel shifts each row by its max, which bounds ``exp(r x)`` for ``r > 0`` only), eager,
     and the library loads."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 3 or not x.is_contiguous():
+    if not _kernel_layout(x):
         return False
     if r.dtype != torch.float32 or r.device.type != "cpu" or r.dim() > 1 or (r.dim() == 1 and r.numel() != x.shape[1]):
         return False
