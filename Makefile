@@ -14,11 +14,12 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.installed
 
 # The torch pair is installed first and named again with the project, so pip never swaps in another torch.
+# editable_mode=compat puts the checkout on sys.path, where Hydra's plugin scan finds hydra_plugins/ (our launcher).
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(strip $(TORCH_PIN)),$(BIN)/python -m pip install --quiet $(TORCH_PIN))
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]' $(TORCH_PIN)
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]' $(TORCH_PIN) --config-settings editable_mode=compat
 	touch $@
 
 run: setup

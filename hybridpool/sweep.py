@@ -528,7 +528,7 @@ def _visible_gpus() -> int:
 def _check_ray_gpus(config: Any) -> None:
     """Refuse a local Ray sweep asking for GPUs on a machine without any (Ray would wait forever)."""
     launcher = config.hydra.get("launcher") or {}
-    if "RayLauncher" not in str(launcher.get("_target_", "")):
+    if not str(launcher.get("_target_", "")).endswith(("RayLauncher", "RayWorkersLauncher")):
         return
     ray_cfg = launcher.get("ray") or {}
     init = ray_cfg.get("init") or {}
@@ -542,6 +542,24 @@ def _check_ray_gpus(config: Any) -> None:
             "machine has no visible GPU, so Ray would wait forever. On CPU pass "
             "hydra.launcher.ray.remote.num_gpus=0; to attach to a running cluster use hydra/launcher=ray_cluster."
         )
+
+
+def _register_own_launcher(config: Any) -> None:
+    """Make sure Hydra knows this package's launcher plugins (``hydra_plugins.hybridpool_launchers``).
+
+    Hydra finds plugins by walking the ``hydra_plugins`` folders on ``sys.path``. A wheel install and an editable
+    install in setuptools' ``compat`` mode (``make setup``) put ours there; setuptools' default editable mode
+    maps the package without a folder that ``pkgutil`` can walk, so there the class is registered here.
+    """
+    target = str((config.hydra.get("launcher") or {}).get("_target_", ""))
+    if not target.startswith("hydra_plugins.hybridpool_launchers."):
+        return
+    from hydra.core.plugins import Plugins
+    from hydra.utils import get_class
+
+    known = Plugins.instance().class_name_to_class
+    if target not in known:
+        known[target] = get_class(target)
 
 
 class SweepCallback(Callback):
@@ -560,6 +578,7 @@ class SweepCallback(Callback):
         _STATE["sweep_name"] = sweep_name(overrides)
         _STATE.pop("last_summary", None)
         _check_ray_gpus(config)
+        _register_own_launcher(config)
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()  # resolved (and cached) here first
         self.start_unix = time.time()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)

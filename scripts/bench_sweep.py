@@ -45,24 +45,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 POOLS = ["avg", "max", "gem", "lse", "attn", "hybrid_scalar", "hybrid_gate", "hybrid_channel"]
 
+RAY_GPU_PATH = [
+    "hydra/launcher=ray",
+    "hydra.launcher.ray.init.num_cpus=2",
+    "hydra.launcher.ray.init.num_gpus=2",
+    "hydra.launcher.ray.remote.num_cpus=1",
+    "hydra.launcher.ray.remote.num_gpus=1",
+    "+hydra.launcher.ray.init.include_dashboard=false",
+]
 LAUNCHERS = {
     "basic": ("basic (sequential)", 1, []),
     "joblib": ("joblib(2)", 2, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
-    # the "one machine, N GPUs" path with 2 fake GPUs: a fresh worker process per job (Ray's max_calls=1 for
-    # GPU tasks), CUDA_VISIBLE_DEVICES=0 or 1
-    "ray": (
-        "ray(2) gpu path (fake GPUs)",
+    # the "one machine, N GPUs" path with 2 fake GPUs: one worker per GPU (CUDA_VISIBLE_DEVICES=0 or 1) that
+    # runs job after job (hybridpool/ray_workers.py)
+    "ray": ("ray(2) gpu path (fake GPUs)", 2, RAY_GPU_PATH),
+    # the same with the plugin's own launcher: a fresh worker process per job (Ray's max_calls=1 for GPU tasks)
+    "ray_tasks": (
+        "ray(2) gpu path, a Ray task per job (fake GPUs)",
         2,
-        [
-            "hydra/launcher=ray",
-            "hydra.launcher.ray.init.num_cpus=2",
-            "hydra.launcher.ray.init.num_gpus=2",
-            "hydra.launcher.ray.remote.num_cpus=1",
-            "hydra.launcher.ray.remote.num_gpus=1",
-            "+hydra.launcher.ray.init.include_dashboard=false",
-        ],
+        [*RAY_GPU_PATH, "hydra.launcher._target_=hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"],
     ),
-    # CPU only: Ray reuses its 2 worker processes across jobs
+    # CPU only: the same 2 workers, without GPUs
     "ray_cpu": (
         "ray(2) cpu",
         2,

@@ -1,0 +1,172 @@
+"""Hydra's Ray launcher with long-lived workers: one Ray actor per slot runs job after job.
+
+The Ray launcher (hydra-ray-launcher) runs each job as a Ray task. A task that holds a GPU gets a fresh worker
+process every time (Ray's ``max_calls=1`` for GPU tasks), so every job pays the process start and the imports of
+torch, Lightning and W&B again (about 9 s here, a third of a 30-s job). Here each slot of the sweep is a Ray
+actor holding the resources of one job (``hydra.launcher.ray.remote``: ``num_gpus``, ``num_cpus``, ...) for its
+whole life: Ray sets its ``CUDA_VISIBLE_DEVICES`` to its own GPU(s) once, and it imports once and runs the
+sweep's jobs one after the other, like joblib's workers. The config keys are the plugin's own
+(``hydra.launcher.ray.init`` and ``.remote``); ``conf/hydra/launcher/ray.yaml`` selects this launcher.
+
+- Slots: as many as the Ray cluster can hold at once (its CPUs, GPUs and custom resources over one job's
+  request), at most one per job.
+- A worker whose process dies in a job (SIGKILL, out of memory) is restarted by Ray on the same resources and
+  the job is tried again, resuming from its last checkpoint (``max_retries``, as for the plugin's tasks: 3 by
+  default). A job still failing after that is returned as failed to Hydra, after the other jobs have run.
+- After each job the worker frees what torch cached on its GPU; a worker whose CUDA context broke (a sticky
+  CUDA error such as a device-side assert) is replaced by a fresh one before the next job.
+
+To run one job per task as the plugin does, select
+``hydra.launcher._target_=hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import sys
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+__all__ = ["JobWorker", "actor_options", "launch", "slot_count", "worker_reusable"]
+
+log = logging.getLogger(__name__)
+
+#: the plugin's tasks are retried 3 times (Ray's default ``max_retries``) when their process dies
+DEFAULT_RETRIES = 3
+#: ``ray.remote`` options that only make sense for tasks
+_TASK_ONLY = ("max_calls", "max_retries", "retry_exceptions", "num_returns")
+
+
+def actor_options(remote: Mapping[str, Any]) -> dict[str, Any]:
+    """``hydra.launcher.ray.remote`` (options of the plugin's ``ray.remote`` task) as the options of a worker actor.
+
+    Resources (``num_cpus``, ``num_gpus``, ``memory``, ``resources``, ...) carry over; an actor asks for one CPU
+    unless told otherwise, as a task does. ``max_retries`` becomes the actor's restarts and its method's retries.
+    """
+    options = {k: v for k, v in remote.items() if k not in _TASK_ONLY}
+    options.setdefault("num_cpus", 1)
+    retries = remote.get("max_retries", DEFAULT_RETRIES)
+    options.setdefault("max_restarts", retries)
+    options.setdefault("max_task_retries", retries)
+    return options
+
+
+def slot_count(options: Mapping[str, Any], cluster: Mapping[str, float], jobs: int) -> int:
+    """How many workers run at once: as many as ``cluster`` (``ray.cluster_resources()``) holds, at most ``jobs``.
+
+    At least one: on a cluster that has none of a requested resource yet (an autoscaler may add it) the worker
+    waits for it, as the plugin's tasks would.
+    """
+    request = {"CPU": float(options.get("num_cpus") or 0), "GPU": float(options.get("num_gpus") or 0)}
+    request.update({k: float(v) for k, v in (options.get("resources") or {}).items()})
+    fits = [math.floor(cluster.get(name, 0.0) / amount + 1e-9) for name, amount in request.items() if amount > 0]
+    return max(1, min([jobs, *fits]))
+
+
+def worker_reusable() -> bool:
+    """Free torch's cached GPU memory after a job; ``False`` when this process's CUDA context is broken."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return True
+    try:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    except RuntimeError as err:  # e.g. "CUDA error: device-side assert triggered" sticks to the context
+        log.warning("worker %s: CUDA context unusable after the job (%s); a fresh worker replaces it", os.getpid(), err)
+        return False
+    return True
+
+
+class JobWorker:
+    """A Ray actor (one slot of the sweep) that runs Hydra jobs one after the other in its process."""
+
+    def run(
+        self, hydra_context: Any, sweep_config: DictConfig, task_function: Any, singleton_state: dict[Any, Any]
+    ) -> tuple[JobReturn, bool]:
+        """Run one job as the plugin's task would; returns its ``JobReturn`` and whether this worker can go on."""
+        from hydra_plugins.hydra_ray_launcher._launcher_util import _run_job
+
+        result = _run_job(hydra_context, sweep_config, task_function, singleton_state)
+        return result, worker_reusable()
+
+
+def _failed(sweep_config: DictConfig, err: BaseException) -> JobReturn:
+    """The ``JobReturn`` of a job whose worker died more often than it may restart."""
+    overrides = list(sweep_config.hydra.overrides.task)
+    return JobReturn(
+        overrides=overrides,
+        cfg=sweep_config,
+        hydra_cfg=sweep_config,
+        working_dir=str(sweep_config.hydra.sweep.dir),
+        task_name=str(sweep_config.hydra.job.name),
+        status=JobStatus.FAILED,
+        _return_value=err,
+    )
+
+
+def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """Run the jobs on ``slot_count`` long-lived workers; returns their ``JobReturn`` in job order."""
+    import ray
+    from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+
+    setup_globals()
+    config, context = launcher.config, launcher.hydra_context
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    launcher.ray_cfg.init.setdefault("object_store_memory", 78643200)  # as the plugin: enough for small hosts
+    start_ray(launcher.ray_cfg.init)
+
+    options = actor_options(OmegaConf.to_container(launcher.ray_cfg.remote, resolve=True) or {})
+    slots = slot_count(options, ray.cluster_resources(), len(job_overrides))
+    request = ", ".join(f"{k}={options[k]}" for k in ("num_cpus", "num_gpus", "resources") if options.get(k))
+    log.info(f"Ray launcher: {len(job_overrides)} jobs on {slots} workers ({request} each), sweep dir: {sweep_dir}")
+    waiting: deque[tuple[int, DictConfig]] = deque()
+    for i, overrides in enumerate(job_overrides):
+        num = initial_job_idx + i
+        log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+        sweep_config = context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"job_id_for_{num}"
+            sweep_config.hydra.job.num = num
+        waiting.append((i, sweep_config))
+
+    worker_class = ray.remote(**options)(JobWorker)
+    state = Singleton.get_state()
+    idle = [worker_class.remote() for _ in range(slots)]
+    running: dict[Any, tuple[Any, int, DictConfig]] = {}
+    results: list[JobReturn | None] = [None] * len(job_overrides)
+    try:
+        while waiting or running:
+            while idle and waiting:
+                worker = idle.pop()
+                i, sweep_config = waiting.popleft()
+                ref = worker.run.remote(context, sweep_config, launcher.task_function, state)
+                running[ref] = (worker, i, sweep_config)
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            worker, i, sweep_config = running.pop(ref)
+            try:
+                results[i], reusable = ray.get(ref)
+            except ray.exceptions.RayError as err:  # the worker died in this job more often than it may restart
+                log.error(f"job #{initial_job_idx + i} lost its worker: {err}")
+                results[i], reusable = _failed(sweep_config, err), False
+            if not reusable:
+                ray.kill(worker)
+                worker = worker_class.remote() if waiting else None
+            if worker is not None:
+                idle.append(worker)
+    finally:
+        for worker in idle + [w for w, _, _ in running.values()]:
+            ray.kill(worker)
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
