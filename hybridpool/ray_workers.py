@@ -102,11 +102,11 @@ class JobWorker:
 
 def _failed(sweep_config: DictConfig, err: BaseException) -> JobReturn:
     """The ``JobReturn`` of a job whose worker died more often than it may restart."""
-    overrides = list(sweep_config.hydra.overrides.task)
+    task_config = OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
     return JobReturn(
-        overrides=overrides,
-        cfg=sweep_config,
-        hydra_cfg=sweep_config,
+        overrides=list(sweep_config.hydra.overrides.task),
+        cfg=task_config,
+        hydra_cfg=sweep_config.hydra,
         working_dir=str(sweep_config.hydra.sweep.dir),
         task_name=str(sweep_config.hydra.job.name),
         status=JobStatus.FAILED,
@@ -131,22 +131,21 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     slots = slot_count(options, ray.cluster_resources(), len(job_overrides))
     request = ", ".join(f"{k}={options[k]}" for k in ("num_cpus", "num_gpus", "resources") if options.get(k))
     log.info(f"Ray launcher: {len(job_overrides)} jobs on {slots} workers ({request} each), sweep dir: {sweep_dir}")
-    waiting: deque[tuple[int, DictConfig]] = deque()
-    for i, overrides in enumerate(job_overrides):
-        num = initial_job_idx + i
-        log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
-        sweep_config = context.config_loader.load_sweep_config(config, list(overrides))
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = f"job_id_for_{num}"
-            sweep_config.hydra.job.num = num
-        waiting.append((i, sweep_config))
-
     worker_class = ray.remote(**options)(JobWorker)
-    state = Singleton.get_state()
-    idle = [worker_class.remote() for _ in range(slots)]
+    idle = [worker_class.remote() for _ in range(slots)]  # their processes start while the configs compose
     running: dict[Any, tuple[Any, int, DictConfig]] = {}
     results: list[JobReturn | None] = [None] * len(job_overrides)
     try:
+        waiting: deque[tuple[int, DictConfig]] = deque()
+        for i, overrides in enumerate(job_overrides):
+            num = initial_job_idx + i
+            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+            sweep_config = context.config_loader.load_sweep_config(config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = f"job_id_for_{num}"
+                sweep_config.hydra.job.num = num
+            waiting.append((i, sweep_config))
+        state = Singleton.get_state()
         while waiting or running:
             while idle and waiting:
                 worker = idle.pop()

@@ -9,6 +9,8 @@ import sys
 import pytest
 from test_sweep import TINY, records, run_cli, sweep_dirs, tail
 
+from hybridpool.sweep import summarize
+
 pytestmark = pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/\w+' is validated:UserWarning")
 
 
@@ -136,3 +138,24 @@ def test_own_launcher_is_registered_when_hydras_scan_misses_it():
     assert known[target] is get_class(target)
     cfg = OmegaConf.create({"_target_": target, "ray": {"init": {}, "remote": {"num_gpus": 0}}})
     assert type(Plugins.instance()._instantiate(cfg)).__name__ == "RayWorkersLauncher"
+
+
+def test_ray_job_whose_worker_dies_past_its_retries_fails_the_sweep_after_the_others_finish(train_env):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    marker = train_env / "killed-once"
+    args = [
+        "-m", *(o for o in TINY if not o.startswith("trainer.max_epochs")), "trainer.max_epochs=2", "seed=0,1,2",
+        "hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2", "hydra.launcher.ray.remote.num_gpus=0",
+        "+hydra.launcher.ray.init.include_dashboard=false", "+hydra.launcher.ray.remote.max_retries=0",
+        "+callbacks.kill._target_=test_sweep.KillOnce", f"+callbacks.kill.marker={marker}",
+        "+callbacks.kill.seed=${seed}", "+callbacks.kill.kill_seed=1",
+    ]
+    done = run_cli(train_env, args, timeout=600)
+    assert done.returncode == 1, tail(done)
+    assert "job #1 lost its worker" in done.stdout + done.stderr, tail(done)
+    (sweep,) = sweep_dirs(train_env)
+    recs = records(sweep)
+    assert recs[0]["status"] == recs[2]["status"] == "completed"  # the other jobs ran to the end
+    assert recs[1]["status"] == "running" and recs[1]["pid"] == int(marker.read_text())  # killed mid-run
+    counts = summarize(sweep).counts
+    assert (counts["done"], counts["interrupted"]) == (2, 1), counts
