@@ -2,7 +2,8 @@
 
 The Ray launcher (hydra-ray-launcher) runs each job as a Ray task. A task that holds a GPU gets a fresh worker
 process every time (Ray's ``max_calls=1`` for GPU tasks), so every job pays the process start and the imports of
-torch, Lightning and W&B again (about 9 s here, a third of a 30-s job). Here each slot of the sweep is a Ray
+torch, Lightning and W&B again (8.5-10.3 s per job in ``scripts/bench_sweep.py --launchers ray_tasks`` on a 2-core
+CPU). Here each slot of the sweep is a Ray
 actor holding the resources of one job (``hydra.launcher.ray.remote``: ``num_gpus``, ``num_cpus``, ...) for its
 whole life: Ray sets its ``CUDA_VISIBLE_DEVICES`` to its own GPU(s) once, and it imports once and runs the
 sweep's jobs one after the other, like joblib's workers. The config keys are the plugin's own
@@ -12,7 +13,9 @@ sweep's jobs one after the other, like joblib's workers. The config keys are the
   request), at most one per job.
 - A worker whose process dies in a job (SIGKILL, out of memory) is restarted by Ray on the same resources and
   the job is tried again, resuming from its last checkpoint (``max_retries``, as for the plugin's tasks: 3 by
-  default). A job still failing after that is returned as failed to Hydra, after the other jobs have run.
+  default). When it dies more often, its job is returned to Hydra as failed once the other jobs have run; Hydra
+  raises its error (exit status 1) and the job's folder stays as it was left, resumed by the next run of the
+  same command.
 - After each job the worker frees what torch cached on its GPU; a worker whose CUDA context broke (a sticky
   CUDA error such as a device-side assert) is replaced by a fresh one before the next job.
 
@@ -74,10 +77,10 @@ def slot_count(options: Mapping[str, Any], cluster: Mapping[str, float], jobs: i
 
 def worker_reusable() -> bool:
     """Free torch's cached GPU memory after a job; ``False`` when this process's CUDA context is broken."""
-    gc.collect()
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
         return True
+    gc.collect()  # the finished job's tensors, held in reference cycles, before the cache is emptied
     try:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -114,13 +117,22 @@ def _failed(sweep_config: DictConfig, err: BaseException) -> JobReturn:
     )
 
 
+def _sweep_config(launcher: Any, overrides: Sequence[str], num: int) -> DictConfig:
+    """The config of job number ``num`` (as the plugin composes it)."""
+    sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"job_id_for_{num}"
+        sweep_config.hydra.job.num = num
+    return sweep_config
+
+
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """Run the jobs on ``slot_count`` long-lived workers; returns their ``JobReturn`` in job order."""
     import ray
     from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
 
     setup_globals()
-    config, context = launcher.config, launcher.hydra_context
+    config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -132,26 +144,29 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     request = ", ".join(f"{k}={options[k]}" for k in ("num_cpus", "num_gpus", "resources") if options.get(k))
     log.info(f"Ray launcher: {len(job_overrides)} jobs on {slots} workers ({request} each), sweep dir: {sweep_dir}")
     worker_class = ray.remote(**options)(JobWorker)
-    idle = [worker_class.remote() for _ in range(slots)]  # their processes start while the configs compose
+    idle = [worker_class.remote() for _ in range(slots)]
     running: dict[Any, tuple[Any, int, DictConfig]] = {}
     results: list[JobReturn | None] = [None] * len(job_overrides)
     try:
-        waiting: deque[tuple[int, DictConfig]] = deque()
         for i, overrides in enumerate(job_overrides):
-            num = initial_job_idx + i
-            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
-            sweep_config = context.config_loader.load_sweep_config(config, list(overrides))
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = f"job_id_for_{num}"
-                sweep_config.hydra.job.num = num
-            waiting.append((i, sweep_config))
+            log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
         state = Singleton.get_state()
-        while waiting or running:
-            while idle and waiting:
-                worker = idle.pop()
-                i, sweep_config = waiting.popleft()
-                ref = worker.run.remote(context, sweep_config, launcher.task_function, state)
+        pending = deque(range(len(job_overrides)))
+        ready: deque[tuple[int, DictConfig]] = deque()  # composed, waiting for a worker
+
+        def compose_next() -> None:
+            i = pending.popleft()
+            ready.append((i, _sweep_config(launcher, job_overrides[i], initial_job_idx + i)))
+
+        while pending or ready or running:
+            while idle and (ready or pending):
+                if not ready:
+                    compose_next()
+                worker, (i, sweep_config) = idle.pop(), ready.popleft()
+                ref = worker.run.remote(launcher.hydra_context, sweep_config, launcher.task_function, state)
                 running[ref] = (worker, i, sweep_config)
+            if pending and not ready:
+                compose_next()  # the next job's config, while the workers run (not up front: they would wait)
             (ref,), _ = ray.wait(list(running), num_returns=1)
             worker, i, sweep_config = running.pop(ref)
             try:
@@ -161,7 +176,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
                 results[i], reusable = _failed(sweep_config, err), False
             if not reusable:
                 ray.kill(worker)
-                worker = worker_class.remote() if waiting else None
+                worker = worker_class.remote() if (ready or pending) else None
             if worker is not None:
                 idle.append(worker)
     finally:

@@ -209,8 +209,8 @@ def _preload_wandb(cfg: DictConfig) -> None:
 
     ``wandb.init`` imports W&B Launch's modules, whose pydantic models read their field docstrings through
     ``inspect.getmodule``, which scans ``sys.modules``: slow with torch, Lightning and torchvision loaded (4,000
-    modules), much faster before them. It matters in every fresh process (each job of Ray's GPU path, each joblib
-    worker's first job): ``scripts/bench_sweep.py --launchers ray`` records the W&B init of each job.
+    modules), much faster before them. It matters in every fresh process (each worker's first job; every job
+    under the Ray plugin's own launcher on GPUs): ``scripts/bench_sweep.py`` records the W&B init of each job.
     """
     loggers = cfg.get("logger") or {}
     wandb_nodes = [n for n in loggers.values() if n and "make_wandb_logger" in str(n.get("_target_", ""))]
