@@ -80,6 +80,16 @@ LAUNCHERS = {
 }
 
 
+def _commit() -> str:
+    """The checkout's commit, with ``+changes`` when tracked files differ from it (``unknown`` outside git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + (" +changes" if dirty else "") if head.returncode == 0 else "unknown"
+
+
 def _data_root(arg: str | None) -> Path:
     for c in [arg, os.environ.get("HYBRIDPOOL_DATA_ROOT"), str(REPO.parent / "shared" / "data")]:
         if c and (Path(c) / "flowers17").is_dir():
@@ -182,6 +192,7 @@ def main() -> int:
 
     say(f"# bench_sweep: {n_jobs}-job head-only sweep, {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
     say(f"# command: python scripts/bench_sweep.py {' '.join(sys.argv[1:])}".rstrip())
+    say(f"# commit: {_commit()}")
     say(f"# host: {platform.node()}, {os.cpu_count()} cores, python {platform.python_version()}; load average "
         f"at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     say(f"# sweep: hybridpool-train -m {' '.join(sweep_args)} hydra.sweep.dir=<work>/sweeps/<launcher> <launcher>")
