@@ -195,12 +195,14 @@ def test_status_after_the_grid_grew_matches_jobs_by_their_overrides(tmp_path):
     assert by_num[2].state == by_num[5].state == "pending"
 
 
-def test_ray_launcher_asking_for_gpus_on_a_machine_without_any_is_refused(monkeypatch):
+@pytest.mark.parametrize("target", ["hydra_plugins.hybridpool_launchers.ray_workers.RayWorkersLauncher",
+                                    "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"])
+def test_ray_launcher_asking_for_gpus_on_a_machine_without_any_is_refused(monkeypatch, target):
     from omegaconf import OmegaConf
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    launcher = {"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
+    launcher = {"_target_": target,
                 "ray": {"init": {"address": None, "num_gpus": None}, "remote": {"num_gpus": 1}}}
     cfg = OmegaConf.create({"hydra": {"launcher": launcher}})
     with pytest.raises(ValueError, match=r"remote\.num_gpus=0"):
@@ -238,6 +240,8 @@ def test_launcher_configs_compose(choice, plugin, keys):
     cfg = _compose_hydra([f"hydra/launcher={choice}"])
     launcher = cfg.hydra.launcher
     assert keys <= set(launcher)
+    if choice.startswith("ray"):  # one long-lived worker per slot (hybridpool/ray_workers.py)
+        assert launcher._target_ == "hydra_plugins.hybridpool_launchers.ray_workers.RayWorkersLauncher"
     if choice == "ray":
         assert launcher.ray.remote.num_gpus == 1 and launcher.ray.init.address is None
     if choice == "ray_cluster":
