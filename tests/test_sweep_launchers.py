@@ -44,13 +44,11 @@ def test_ray_one_gpu_per_worker_workers_reused_a_killed_one_resumes_and_a_failin
     killed_pid = int(marker.read_text())
     assert recs[2]["pid"] != killed_pid and recs[2]["attempts"] == 2, recs[2]
     assert recs[2]["resumed_from"].endswith("last.ckpt")
-    # a worker runs job after job (4 jobs, 3 processes: two workers and the restarted one), always on its own GPU
-    pids = {recs[i]["pid"] for i in range(3)} | {killed_pid}
-    assert len(pids) == 3, [(recs[i]["pid"], recs[i]["devices"]) for i in range(4)]
-    gpu_of = {}
-    for i in range(3):
-        assert gpu_of.setdefault(recs[i]["pid"], recs[i]["devices"]["CUDA_VISIBLE_DEVICES"]) == \
-            recs[i]["devices"]["CUDA_VISIBLE_DEVICES"]
+    # a worker runs job after job: job 2 started in the worker that had finished job 0 or 1, and job 3 in one of
+    # the live workers (4 jobs, 3 processes: two workers and the restarted one; a task per job would take 5)
+    assert killed_pid in (recs[0]["pid"], recs[1]["pid"])
+    assert recs[3]["pid"] in {recs[i]["pid"] for i in range(3)} - {killed_pid}, recs[3]["pid"]
+    assert len({recs[i]["pid"] for i in range(4)} | {killed_pid}) == 3
 
 
 def test_submitit_local_executor(train_env):
