@@ -12,7 +12,8 @@ For every launcher it reports the wall time of the whole command and, from the j
     fixed per job = (wall x workers - sum of useful) / jobs
 
 i.e. every second of a worker not spent training (process start, imports, Hydra, W&B, data set-up, idle at
-the end), shared out over the jobs; with its breakdown (imports, W&B init/finish, set-up) from the records. Next to
+the end), shared out over the jobs; with its breakdown (imports, W&B init/finish, set-up) from the records, and per
+worker process when its first job started, the gaps between its jobs and its idle time at the end. Next to
 each parallel launcher's ratio to the sequential wall it prints the bound that the jobs' own thread scaling sets:
 ``(sum of useful / workers) / sequential sum of useful``, the ratio with no fixed cost on either side (jobs with 1
 thread each run longer than with 2). ``--rounds N`` runs the launchers N times, interleaved, and reports the median
@@ -30,6 +31,7 @@ Needs the offline data (``--data-root``, default ``$HYBRIDPOOL_DATA_ROOT`` or ``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -111,6 +113,31 @@ def _records(sweep: Path) -> list[dict]:
 
 def _mean(xs: list[float]) -> float:
     return statistics.fmean(xs) if xs else float("nan")
+
+
+def _worker_timeline(sweep: Path, done: list[dict]) -> str | None:
+    """Per worker process: when its first job started after the sweep began (``sweep.json``), the gaps between its
+    jobs, and how long it sat idle before the sweep ended (another worker still running the last job)."""
+    try:
+        invocation = json.loads((sweep / "sweep.json").read_text())["invocations"][-1]
+        begin, end = float(invocation["start_unix"]), float(invocation["end_unix"])
+    except (OSError, KeyError, IndexError, TypeError, ValueError):
+        return None
+    by_pid: dict[int, list[dict]] = {}
+    for r in done:
+        by_pid.setdefault(r["pid"], []).append(r["timing"])
+    first, gaps, idle = [], [], []
+    for timings in by_pid.values():
+        timings.sort(key=lambda x: x["start_unix"])
+        first.append(timings[0]["start_unix"] - begin)
+        gaps.append(sum(b["start_unix"] - a["end_unix"] for a, b in itertools.pairwise(timings)))
+        idle.append(end - timings[-1]["end_unix"])
+
+    def fmt(xs: list[float]) -> str:
+        return " ".join(f"{x:.1f}" for x in xs)
+
+    return (f"   per worker ({len(by_pid)}): first job started {fmt(first)} s after the sweep began; gaps between "
+            f"jobs {fmt(gaps)} s; idle at the end {fmt(idle)} s")
 
 
 def _throughput_check(py: list[str], common: list[str], env: dict, work: Path, rounds: int, say) -> None:
@@ -253,6 +280,9 @@ def main() -> int:
         if fresh:
             say(f"   jobs in a fresh process ({len(fresh)}): process start -> imports done "
                 f"{_mean(fresh):.1f} s (mean)")
+        timeline = _worker_timeline(sweep, done)
+        if timeline:
+            say(timeline)
         for r in recs:
             x = r.get("timing") or {}
             say(f"   job {r['job']['num']:>2} {r['status']:<9} pid {r.get('pid')} fit {x.get('fit_s', 0):5.1f} s "
