@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import sys
-from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -151,22 +150,15 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         for i, overrides in enumerate(job_overrides):
             log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
         state = Singleton.get_state()
-        pending = deque(range(len(job_overrides)))
-        ready: deque[tuple[int, DictConfig]] = deque()  # composed, waiting for a worker
-
-        def compose_next() -> None:
-            i = pending.popleft()
-            ready.append((i, _sweep_config(launcher, job_overrides[i], initial_job_idx + i)))
-
-        while pending or ready or running:
-            while idle and (ready or pending):
-                if not ready:
-                    compose_next()
-                worker, (i, sweep_config) = idle.pop(), ready.popleft()
+        # each job's config is composed one ahead of a free worker, not all up front (the workers would wait)
+        configs = ((i, _sweep_config(launcher, o, initial_job_idx + i)) for i, o in enumerate(job_overrides))
+        next_job = next(configs, None)
+        while next_job is not None or running:
+            while idle and next_job is not None:
+                worker, (i, sweep_config) = idle.pop(), next_job
                 ref = worker.run.remote(launcher.hydra_context, sweep_config, launcher.task_function, state)
                 running[ref] = (worker, i, sweep_config)
-            if pending and not ready:
-                compose_next()  # the next job's config, while the workers run (not up front: they would wait)
+                next_job = next(configs, None)
             (ref,), _ = ray.wait(list(running), num_returns=1)
             worker, i, sweep_config = running.pop(ref)
             try:
@@ -176,7 +168,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
                 results[i], reusable = _failed(sweep_config, err), False
             if not reusable:
                 ray.kill(worker)
-                worker = worker_class.remote() if (ready or pending) else None
+                worker = worker_class.remote() if next_job is not None else None
             if worker is not None:
                 idle.append(worker)
     finally:

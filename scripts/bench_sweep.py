@@ -47,14 +47,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 POOLS = ["avg", "max", "gem", "lse", "attn", "hybrid_scalar", "hybrid_gate", "hybrid_channel"]
 
-RAY_GPU_PATH = [
+#: a local Ray with 2 CPUs, one CPU per job
+RAY_LOCAL = [
     "hydra/launcher=ray",
     "hydra.launcher.ray.init.num_cpus=2",
-    "hydra.launcher.ray.init.num_gpus=2",
     "hydra.launcher.ray.remote.num_cpus=1",
-    "hydra.launcher.ray.remote.num_gpus=1",
     "+hydra.launcher.ray.init.include_dashboard=false",
 ]
+RAY_GPU_PATH = [*RAY_LOCAL, "hydra.launcher.ray.init.num_gpus=2", "hydra.launcher.ray.remote.num_gpus=1"]
 LAUNCHERS = {
     "basic": ("basic (sequential)", 1, []),
     "joblib": ("joblib(2)", 2, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
@@ -68,17 +68,7 @@ LAUNCHERS = {
         [*RAY_GPU_PATH, "hydra.launcher._target_=hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"],
     ),
     # CPU only: the same 2 workers, without GPUs
-    "ray_cpu": (
-        "ray(2) cpu",
-        2,
-        [
-            "hydra/launcher=ray",
-            "hydra.launcher.ray.init.num_cpus=2",
-            "hydra.launcher.ray.remote.num_cpus=1",
-            "hydra.launcher.ray.remote.num_gpus=0",
-            "+hydra.launcher.ray.init.include_dashboard=false",
-        ],
-    ),
+    "ray_cpu": ("ray(2) cpu", 2, [*RAY_LOCAL, "hydra.launcher.ray.remote.num_gpus=0"]),
 }
 
 

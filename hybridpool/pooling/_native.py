@@ -283,23 +283,22 @@ class NativeLSE(torch.autograd.Function):
             _threads(b), x.data_ptr(), b, c, n, r_c.data_ptr(), int(r_c.dim() > 0), y.data_ptr(),
             weighted_mean.data_ptr(), peak.data_ptr(), total.data_ptr(),
         )  # fmt: skip
-        ctx.save_for_backward(x, r, y, weighted_mean, peak, total)
+        ctx.save_for_backward(x, r_c, y, weighted_mean, peak, total)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        x, r, y, weighted_mean, peak, total = ctx.saved_tensors
+        x, r_c, y, weighted_mean, peak, total = ctx.saved_tensors
         grad_x = grad_r = None
         if ctx.needs_input_grad[0]:
             b, c, n = x.shape
             g = grad_y.contiguous()
-            r_c = r.detach().contiguous()
             grad_x = torch.empty_like(x)
             library().hp_lse_backward(
                 _threads(b), x.data_ptr(), b, c, n, r_c.data_ptr(), int(r_c.dim() > 0), g.data_ptr(),
                 peak.data_ptr(), total.data_ptr(), grad_x.data_ptr(),
             )  # fmt: skip
         if ctx.needs_input_grad[1]:
-            per_row = grad_y * (weighted_mean - y) / r  # (B, C)
-            grad_r = per_row.sum() if r.dim() == 0 else per_row.sum(0)
+            per_row = grad_y * (weighted_mean - y) / r_c  # (B, C)
+            grad_r = per_row.sum() if r_c.dim() == 0 else per_row.sum(0)
         return grad_x, grad_r
