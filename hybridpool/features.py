@@ -20,7 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,23 @@ class CachedFeatureDataset(Dataset):
         idx = np.asarray(index, dtype=np.int64)
         feats = torch.from_numpy(np.asarray(self.features[idx])).float()
         return feats, torch.from_numpy(self.labels[idx])
+
+
+@contextmanager
+def _random_state_kept(device: torch.device) -> Iterator[None]:
+    """Restore torch's (CPU and ``device``), NumPy's and Python's global random states on exit.
+
+    The backbone pass draws from them (a DataLoader iterator takes its base seed from torch's generator), so
+    without this a run that fills the cache would shuffle and initialise differently from the same run
+    reading it: a job's results would depend on whether its features were cached before.
+    """
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 @dataclass
@@ -180,7 +200,8 @@ class FeatureCache:
         """Feature maps of ``backbone`` over ``dataset`` (``(image, label)`` pairs): cached or computed.
 
         ``data_description`` must change whenever the images change (datamodule ``describe()``); the backbone
-        is run in eval mode under ``torch.inference_mode`` and its output stored as float16.
+        is run in eval mode under ``torch.inference_mode`` and its output stored as float16. A miss leaves the
+        global random states (torch, NumPy, Python) as they were, so a hit and a miss train alike afterwards.
         """
         start = time.perf_counter()
         entry = self.describe_entry(backbone, data_description, split, len(dataset))
@@ -213,7 +234,7 @@ class FeatureCache:
         labels = np.empty((n,), dtype=np.int64)
         i = 0
         try:
-            with torch.inference_mode():
+            with _random_state_kept(device), torch.inference_mode():
                 for x, y in _progress(loader, f"caching {entry['split']} features ({n} images)"):
                     f = backbone(x.to(device)).float().cpu().numpy().astype(np.float16)
                     if out is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -107,6 +108,23 @@ def test_tampered_or_truncated_entries_are_never_used(tmp_path):
     assert cache.events[-1].kind == "hit"
 
 
+def _draws() -> tuple[list[float], float, float]:
+    return torch.rand(3).tolist(), float(np.random.rand()), random.random()
+
+
+def test_a_miss_leaves_the_global_random_states_as_a_hit_does(tmp_path):
+    """The backbone pass (its DataLoader takes a seed from torch's generator) must not move any global stream."""
+    dm, bb = _dm(), _backbone()
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    expected = _draws()
+    for kind in ("miss", "hit"):
+        cache = FeatureCache(tmp_path)
+        torch.manual_seed(7), np.random.seed(7), random.seed(7)
+        _get(cache, bb, dm)
+        assert [e.kind for e in cache.events] == [kind]
+        assert _draws() == expected, kind
+
+
 def test_feature_datamodule_serves_cached_maps(tmp_path):
     dm, bb = _dm(), _backbone()
     fdm = FeatureDataModule(dm, bb, FeatureCache(tmp_path), batch_size=5)
@@ -143,6 +161,22 @@ def test_frozen_backbone_run_trains_from_the_cache_and_reuses_it(make_cfg, train
     events = read_results(run_path("f2"))["paths"]["feature_cache_events"]
     assert [e.split(":")[0] for e in events] == ["hit", "hit", "hit"], events
     assert 0 <= first["test/acc"] <= 1 and 0 <= second["test/acc"] <= 1
+
+
+def test_a_run_that_fills_the_cache_trains_exactly_like_one_that_reads_it(make_cfg, train_env, run_path):
+    over = ["model.freeze_backbone=true", "trainer.max_epochs=2", "pool=gem", "data.augment=true"]
+    over.append("callbacks=checkpoint")
+    cold = train(make_cfg(over, name="cold"))
+    warm = train(make_cfg(over, name="warm"))
+    events = [read_results(run_path(n))["paths"]["feature_cache_events"] for n in ("cold", "warm")]
+    assert [[e.split(":")[0] for e in ev] for ev in events] == [["miss"] * 3, ["hit"] * 3], events
+    untimed = [{k: v for k, v in m.items() if not k.startswith("time/")} for m in (cold, warm)]
+    assert len(untimed[0]) > 5 and untimed[0] == untimed[1]
+    weights = [torch.load(run_path(n) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+               for n in ("cold", "warm")]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=0, msg=name)
 
 
 def test_cache_without_a_frozen_backbone_is_refused(make_cfg):
