@@ -2,9 +2,10 @@
 
 The sweep: ``experiment=frozen_mobilenet`` (ImageNet MobileNetV2, frozen, on Oxford Flowers-17 from the offline
 data folder), whose backbone features are computed once and cached, so each job trains only pool + head from
-the cache (8 pools x 2 seeds, W&B offline, best/last checkpoints). The feature cache is warmed first (timed
-separately), then the same sweep runs once per launcher, one after the other in this one script, each into its
-own sweep folder; finally the basic sweep is run again (every job skipped) to time a re-run.
+the cache (8 pools x 2 seeds, W&B offline, best/last checkpoints). The feature cache is warmed first for
+every seed, whose split it follows (timed separately), then the same sweep runs once per launcher, one after the
+other in this one script, each into its own sweep folder; finally the basic sweep is run again (every job
+skipped) to time a re-run.
 
 For every launcher it reports the wall time of the whole command and, from the jobs' ``results.json``
 (``timing``), the useful training time (``fit_s + test_s``) and the per-job fixed cost:
@@ -225,11 +226,14 @@ def main() -> int:
         f"{' '.join(f'{x:.1f}' for x in imp)} s (min {min(imp):.1f})")
 
     had_cache = (work / "cache").is_dir() and any((work / "cache").iterdir())
-    warm_cmd = [*py, *common, "trainer.max_epochs=1", "logger=none", "callbacks=none",
-                f"hydra.run.dir={work / 'warm'}"]
+    # every seed: the split (so the cache entry) follows the seed, and a launcher must not pay for a cold entry
+    if (work / "warm").exists():
+        shutil.rmtree(work / "warm")
+    warm_cmd = [*py, "-m", *common, "trainer.max_epochs=1", "logger=none", "callbacks=none", f"seed={args.seeds}",
+                f"hydra.sweep.dir={work / 'warm'}"]
     wall, rc = _run(warm_cmd, env, work, work / "warm.log")
-    cached = "read from the cache" if had_cache else "MobileNetV2 over 1,360 images, computed once"
-    say(f"feature cache warm-up ({cached}; 1 epoch): {wall:.1f} s (rc {rc})")
+    cached = "read from the cache" if had_cache else "MobileNetV2 over 1,360 images per seed's split, computed once"
+    say(f"feature cache warm-up ({cached}; 1 epoch per seed): {wall:.1f} s (rc {rc})")
     if rc != 0:
         say(f"warm-up failed, see {work / 'warm.log'}")
         Path(args.out).write_text("\n".join(lines) + "\n")
