@@ -131,6 +131,36 @@ def _worker_timeline(sweep: Path, done: list[dict]) -> str | None:
             f"jobs {fmt(gaps)} s; idle at the end {fmt(idle)} s")
 
 
+def _override(record: dict, key: str) -> str:
+    """The value of ``key=...`` among the job's overrides ("?" if absent)."""
+    found = [o.split("=", 1)[1] for o in record["job"]["overrides"] if o.startswith(f"{key}=")]
+    return found[0] if found else "?"
+
+
+def _thread_scaling_by_pool(results: dict[str, dict], rounds: int, say) -> None:
+    """Per pool: a parallel launcher's useful time per job (1 thread, next to another job) over basic's (2 threads,
+    alone) in the same round, median over rounds. Pools whose work splits over threads (the native pooling
+    kernel) gain from basic's second thread, so for them two 1-thread jobs at once gain the least."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for r in results.values():
+        base = results.get("basic" if rounds == 1 else f"basic r{r['round']}")
+        if not base or r["name"] == "basic":
+            continue
+        for pool, times in r["by_pool"].items():
+            if base["by_pool"].get(pool):
+                ratio = _mean(times) / _mean(base["by_pool"][pool])
+                table.setdefault(pool, {}).setdefault(r["name"], []).append(ratio)
+    names = list(dict.fromkeys(name for row in table.values() for name in row))
+    if not names:
+        return
+    say("   useful time per job over basic's, by pool (1 thread beside another job / 2 threads alone; median over "
+        "rounds):")
+    say("   " + f"{'pool':<16}" + "".join(f"{n:>10}" for n in names))
+    for pool, row in table.items():
+        cells = "".join(f"{statistics.median(row[n]):>10.2f}" if n in row else f"{'':>10}" for n in names)
+        say(f"   {pool:<16}{cells}")
+
+
 def _throughput_check(py: list[str], common: list[str], env: dict, work: Path, rounds: int, say) -> None:
     """How much two jobs at once (1 thread each) gain over one job (2 threads), measured back to back.
 
@@ -258,8 +288,11 @@ def main() -> int:
         t = [r["timing"] for r in done]
         fresh = [x["start_unix"] - x["process_start_unix"] + x.get("startup_s", 0.0) for x in t
                  if x.get("process_start_unix") and x.get("startup_s", 0) > 0.5]
+        by_pool: dict[str, list[float]] = {}
+        for r, u in zip(done, useful, strict=True):
+            by_pool.setdefault(_override(r, "pool"), []).append(u)
         results[key] = dict(label=label, workers=workers, wall=wall, rc=rc, jobs=len(done), useful=useful,
-                            fixed=fixed, job_wall=job_wall, name=name, round=k)
+                            fixed=fixed, job_wall=job_wall, name=name, round=k, by_pool=by_pool)
         say("")
         say(f"== {label}: {len(done)}/{n_jobs} jobs completed, rc {rc}, wall {wall:.1f} s (load avg before "
             f"{load:.2f}), torch threads per job {sorted({r['devices'].get('torch_threads') for r in done})}")
@@ -310,6 +343,7 @@ def main() -> int:
             ratio = f", {r['wall'] / base['wall']:.2f}x sequential (bound {bound:.2f}x)"
         say(f"   {r['label']:<36} wall {r['wall']:6.1f} s{ratio}; fixed {r['fixed']:.1f} s per job = "
             f"{r['fixed'] / r['job_wall']:.0%} of the job's wall (useful {_mean(r['useful']):.1f} s)")
+    _thread_scaling_by_pool(results, args.rounds, say)
     if args.rounds > 1:
         for name, xs in ratios.items():
             say(f"   {LAUNCHERS[name][0]}: median over {len(xs)} rounds {statistics.median(xs):.2f}x sequential "
