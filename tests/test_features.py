@@ -108,6 +108,12 @@ def test_tampered_or_truncated_entries_are_never_used(tmp_path):
     assert cache.events[-1].kind == "hit"
 
 
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def _draws() -> tuple[list[float], float, float]:
     return torch.rand(3).tolist(), float(np.random.rand()), random.random()
 
@@ -115,11 +121,11 @@ def _draws() -> tuple[list[float], float, float]:
 def test_a_miss_leaves_the_global_random_states_as_a_hit_does(tmp_path):
     """The backbone pass (its DataLoader takes a seed from torch's generator) must not move any global stream."""
     dm, bb = _dm(), _backbone()
-    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    _seed_all(7)
     expected = _draws()
     for kind in ("miss", "hit"):
         cache = FeatureCache(tmp_path)
-        torch.manual_seed(7), np.random.seed(7), random.seed(7)
+        _seed_all(7)
         _get(cache, bb, dm)
         assert [e.kind for e in cache.events] == [kind]
         assert _draws() == expected, kind
