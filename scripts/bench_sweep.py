@@ -24,6 +24,7 @@ Targets (issue 4): fixed cost <= 25% of a 30-s job's wall; 2 workers <= 0.65x th
     python scripts/bench_sweep.py                          # all launchers -> benchmarks/sweep_cpu.txt
     python scripts/bench_sweep.py --launchers basic joblib --epochs 10 --out /tmp/quick.txt
     python scripts/bench_sweep.py --launchers basic joblib --rounds 2   # interleaved: basic, joblib, basic, joblib
+    python scripts/bench_sweep.py --launchers basic joblib ray --epochs 100   # ~30-s jobs here, as the targets say
 
 Needs the offline data (``--data-root``, default ``$HYBRIDPOOL_DATA_ROOT`` or ``../shared/data``) with
 ``flowers17/`` and ``torch_home/`` (MobileNetV2 weights), and the joblib and Ray launchers installed.

@@ -247,14 +247,19 @@ def test_lse_kernel_matches_float64_values_and_gradients(per_channel, scale):
     r64 = torch.rand(C, generator=gen, dtype=torch.float64) * 2 + 0.2 if per_channel else torch.tensor(1.7).double()
     g = torch.randn(B, C, generator=gen, dtype=torch.float64)
     grads = {}
-    for name, dtype in (("kernel", torch.float32), ("ref", torch.float64)):
+    for name, dtype in (("kernel", torch.float32), ("torch32", torch.float32), ("ref", torch.float64)):
         x, r = x64.to(dtype).requires_grad_(), r64.to(dtype).requires_grad_()
         y = _native.NativeLSE.apply(x, r) if name == "kernel" else lse64(x, r)
         torch.autograd.backward(y, g.to(dtype))
         grads[name] = [t.detach().double() for t in (y, x.grad, r.grad)]
-    tol = {"rtol": 2e-5, "atol": 2e-6 * scale}
-    for got, want in zip(grads["kernel"], grads["ref"], strict=True):
-        torch.testing.assert_close(got, want, **tol)
+    # float32 error: within 2e-6 * scale + 2e-5 relative, or within twice torch's own float32 error. dL/dr sums
+    # B * N terms with the cancellation E_w[x] - y; where torch's float32 logsumexp is off by ~3e-6 there, the
+    # kernel's error follows the summation order its vector width gives (-march=native), so it is CPU-dependent.
+    kernel, torch32, ref = grads["kernel"], grads["torch32"], grads["ref"]
+    for what, got, torch_got, want in zip(("y", "dx", "dr"), kernel, torch32, ref, strict=True):
+        err, torch_err = (got - want).abs(), (torch_got - want).abs()
+        allowed = torch.maximum(2e-6 * scale + 2e-5 * want.abs(), 2 * torch_err)
+        assert (err <= allowed).all(), f"{what}: error {err.max():.3g}, torch float32 {torch_err.max():.3g}"
 
 
 def test_lse_kernel_non_finite_rows_follow_torch():
