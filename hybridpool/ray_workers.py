@@ -2,12 +2,12 @@
 
 The Ray launcher (hydra-ray-launcher) runs each job as a Ray task. A task that holds a GPU gets a fresh worker
 process every time (Ray's ``max_calls=1`` for GPU tasks), so every job pays the process start and the imports of
-torch, Lightning and W&B again (8.5-10.3 s per job in ``scripts/bench_sweep.py --launchers ray_tasks`` on a 2-core
-CPU). Here each slot of the sweep is a Ray
-actor holding the resources of one job (``hydra.launcher.ray.remote``: ``num_gpus``, ``num_cpus``, ...) for its
-whole life: Ray sets its ``CUDA_VISIBLE_DEVICES`` to its own GPU(s) once, and it imports once and runs the
-sweep's jobs one after the other, like joblib's workers. The config keys are the plugin's own
-(``hydra.launcher.ray.init`` and ``.remote``); ``conf/hydra/launcher/ray.yaml`` selects this launcher.
+torch, Lightning and W&B again (10.3 s per job on a 2-core CPU, ``benchmarks/sweep_cpu_ray_gpu_path.txt``). Here
+each slot of the sweep is a Ray actor holding the resources of one job (``hydra.launcher.ray.remote``:
+``num_gpus``, ``num_cpus``, ...) for its whole life: Ray sets its ``CUDA_VISIBLE_DEVICES`` to its own GPU(s)
+once, and it imports once and runs the sweep's jobs one after the other, like joblib's workers. The config keys
+are the plugin's own (``hydra.launcher.ray.init`` and ``.remote``); ``conf/hydra/launcher/ray.yaml`` selects this
+launcher.
 
 - Slots: as many as the Ray cluster can hold at once (its CPUs, GPUs and custom resources over one job's
   request), at most one per job.

@@ -138,13 +138,18 @@ def _override(record: dict, key: str) -> str:
     return found[0] if found else "?"
 
 
+def _basic_of(results: dict[str, dict], run: dict, rounds: int) -> dict | None:
+    """The basic sweep of ``run``'s round (``None`` when basic did not run)."""
+    return results.get("basic" if rounds == 1 else f"basic r{run['round']}")
+
+
 def _thread_scaling_by_pool(results: dict[str, dict], rounds: int, say) -> None:
     """Per pool: a parallel launcher's useful time per job (1 thread, next to another job) over basic's (2 threads,
     alone) in the same round, median over rounds. Pools whose work splits over threads (the native pooling
     kernel) gain from basic's second thread, so for them two 1-thread jobs at once gain the least."""
     table: dict[str, dict[str, list[float]]] = {}
     for r in results.values():
-        base = results.get("basic" if rounds == 1 else f"basic r{r['round']}")
+        base = _basic_of(results, r, rounds)
         if not base or r["name"] == "basic":
             continue
         for pool, times in r["by_pool"].items():
@@ -336,7 +341,7 @@ def main() -> int:
     say("   thread scaling allows (1 thread each in parallel, 2 threads in sequence); fixed costs come on top of it.")
     ratios: dict[str, list[float]] = {}
     for r in results.values():
-        base = results.get("basic" if args.rounds == 1 else f"basic r{r['round']}")
+        base = _basic_of(results, r, args.rounds)
         ratio = ""
         if base and r["name"] != "basic":
             ratios.setdefault(r["name"], []).append(r["wall"] / base["wall"])
