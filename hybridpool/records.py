@@ -1,6 +1,8 @@
-"""One results record per run: ``results.json`` (written atomically) next to the run's CSV metrics.
+"""The results-record contract: one ``results.json`` per run, its schema, tags and config identity.
 
-The report and the paper read these records, never the training code. A record holds:
+The run writes a record (:class:`RunRecord`), the sweep finds earlier ones by their config hash
+(:func:`config_hash`, :func:`record_hash`), and the report and the paper read them (:func:`read_results`),
+never the training code. Standard library only: writer and reader share this one module. A record holds:
 
 ``schema`` (format version), ``status`` (``running`` -> ``completed`` | ``failed`` | ``interrupted``),
 ``task_name``, ``tags``, ``seed``, ``config`` (the fully resolved run config), ``overrides`` (the command-line
@@ -8,12 +10,13 @@ overrides, when launched through Hydra), ``git`` (``commit``, ``dirty``), ``metr
 floats), ``paths`` (output dir, checkpoints, CSV, W&B run), ``wandb`` (mode, id, sync command), ``versions``,
 ``host``, ``pid`` (of the writing process), ``started_at``/``finished_at`` (ISO 8601, UTC), ``wall_time_s``,
 ``timing`` (Unix start/end times and the seconds spent in set-up, W&B, fit and test), on failure ``error`` and
-``traceback``, and in a sweep ``config_hash`` (see :func:`hybridpool.sweep.config_hash`), ``job`` (number,
-overrides, sweep folder) and ``attempts``.
+``traceback``, ``pool`` (the pool's identity: its ``create_pool`` spec), ``config_hash`` (:func:`config_hash`),
+``job`` (number, overrides, sweep folder in a sweep) and ``attempts``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -23,15 +26,78 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "RunRecord", "git_info", "read_results", "to_jsonable", "write_json_atomic"]
+__all__ = [
+    "RESULTS_FILE",
+    "SCHEMA_VERSION",
+    "TAG_KEYS",
+    "RunRecord",
+    "comparable_config",
+    "config_hash",
+    "git_info",
+    "read_json",
+    "read_results",
+    "record_hash",
+    "tag_value",
+    "to_jsonable",
+    "write_json_atomic",
+]
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
+#: the tags a run writes as ``key:value`` (record ``tags`` and W&B tags), in this order
+TAG_KEYS = ("pool", "mixing", "data", "backbone")
+
+
+def tag_value(tags: Iterable[str], key: str) -> str | None:
+    """The value of the ``key:value`` tag among ``tags`` (``tag_value(["pool:gem"], "pool") == "gem"``), or None."""
+    prefix = f"{key}:"
+    for t in tags:
+        if isinstance(t, str) and t.startswith(prefix):
+            return t[len(prefix) :]
+    return None
+
+
+def comparable_config(config: Mapping[str, Any], output_dir: str | os.PathLike[str] | None) -> str:
+    """A run config as text, minus what differs between two attempts of the same run (folders, ckpt_path)."""
+    c = {k: v for k, v in config.items() if k not in ("ckpt_path", "paths")}
+    text = json.dumps(c, sort_keys=True, default=str)
+    if output_dir:
+        text = text.replace(str(output_dir), "<OUTPUT_DIR>")
+    return text
+
+
+def config_hash(config: Mapping[str, Any], output_dir: str | os.PathLike[str] | None = None) -> str:
+    """SHA-256 of a resolved run config (seed included), ignoring ``paths``, ``ckpt_path`` and ``output_dir``.
+
+    Two runs with the same hash train the same model on the same data with the same seed: a sweep treats a
+    completed record with this hash as the job already done.
+    """
+    return hashlib.sha256(comparable_config(config, output_dir).encode()).hexdigest()
+
+
+def record_hash(record: Mapping[str, Any], run_dir: Path | None = None) -> str | None:
+    """The config hash of a results record (stored, or recomputed for records written before it was)."""
+    if record.get("config_hash"):
+        return str(record["config_hash"])
+    config = record.get("config")
+    if not isinstance(config, Mapping):
+        return None
+    out = (record.get("paths") or {}).get("output_dir") or (str(run_dir) if run_dir else None)
+    return config_hash(config, out)
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def to_jsonable(obj: Any) -> Any:

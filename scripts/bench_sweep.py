@@ -227,7 +227,7 @@ def main() -> int:
         "WANDB_SILENT": "true",
         "WANDB_DIR": str(work / "wandb"),
     }
-    py = [sys.executable, "-m", "hybridpool.train"]
+    py = [sys.executable, "-m", "hybridpool.cli"]
     common = [
         "experiment=frozen_mobilenet",
         "logger=wandb",
@@ -255,7 +255,7 @@ def main() -> int:
     imp = []
     for _ in range(3):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import hybridpool.train, torch, pytorch_lightning, torchvision, wandb"],
+        subprocess.run([sys.executable, "-c", "import hybridpool.run.train, torch, pytorch_lightning, torchvision, wandb"],
                        env=env, check=True)
         imp.append(time.perf_counter() - t)
     say(f"fresh process: python + import torch, lightning, torchvision, wandb, hybridpool: "

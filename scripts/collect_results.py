@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hybridpool.report.records import find_results
+from hybridpool.report.runs import find_results
 
 SMALL_FILES = ("results.json", "csv/metrics.csv")
 ATTENTION = "attention_maps/attention_maps.npz"

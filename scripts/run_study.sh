@@ -26,7 +26,7 @@ mkdir -p "$STUDY_DIR"
 LOG="$STUDY_DIR/study.log"
 
 say() { echo "[study $(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
-train() { "$PY" -m hybridpool.train "$@"; }
+train() { "$PY" -m hybridpool.cli "$@"; }
 
 # one sweep: sweep NAME OVERRIDES... -> $STUDY_DIR/NAME, jobs on $WORKERS local processes
 sweep() {

@@ -45,7 +45,7 @@ def run_path(train_env: Path) -> Callable[[str], Path]:
 @pytest.fixture
 def make_cfg(train_env: Path) -> Callable[..., object]:
     """``make_cfg(overrides, name="run")``: the tiny config plus ``overrides``, in a folder of its own."""
-    from hybridpool.train import compose_config
+    from hybridpool.run import compose_config
 
     def make(overrides: Sequence[str] = (), name: str = "run", tiny: bool = True):
         out = run_dir(train_env, name)

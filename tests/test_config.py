@@ -8,8 +8,8 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
-from hybridpool.config import ConfigError, validate_config
-from hybridpool.train import config_dir
+from hybridpool.run.config import ConfigError, validate_config
+from hybridpool.run import config_dir
 
 CONF = config_dir()
 GROUPS = ["data", "model", "pool", "optim", "trainer", "logger", "callbacks", "paths", "experiment"]

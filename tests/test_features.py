@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from hybridpool.data import SyntheticDataModule
-from hybridpool.features import FeatureCache, FeatureDataModule
+from hybridpool.data.features import FeatureCache, FeatureDataModule
 from hybridpool.models import SmallCNN
 from hybridpool.records import read_results
-from hybridpool.train import train
+from hybridpool.run.train import train
 
 
 def _dm(**kw) -> SyntheticDataModule:

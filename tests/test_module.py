@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hybridpool.models import Classifier, SmallCNN
-from hybridpool.module import ClassificationModule, attention_entropy, lr_lambda, mixing_statistics
+from hybridpool.run.module import ClassificationModule, attention_entropy, lr_lambda, mixing_statistics
 
 
 def test_warmup_then_cosine_to_the_floor():

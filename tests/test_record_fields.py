@@ -12,10 +12,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from hybridpool.callbacks import save_attention_arrays
+from hybridpool.run.callbacks import save_attention_arrays
 from hybridpool.models import Classifier, SmallCNN
 from hybridpool.records import read_results
-from hybridpool.train import compose_config, train
+from hybridpool.run import compose_config
+from hybridpool.run.train import train
 
 
 # ----------------------------------------------------------------------------------------- parameter counts
@@ -155,7 +156,7 @@ def test_attention_npz_matches_what_the_report_reads(fitted):
     assert labels.shape == preds.shape == (3,) and labels.dtype == preds.dtype == np.int64
     # the report picks the .npz and redraws its strip from it
     from hybridpool.report.figures import _strip_from_npz
-    from hybridpool.report.records import run_from_record
+    from hybridpool.report.runs import run_from_record
 
     run = run_from_record(fitted["record"], str(out / "results.json"), run_dir=out)
     assert run.attention == npz and run.params == fitted["record"]["model"]["params"]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hybridpool.loggers import resolve_wandb_mode, wandb_api_key_configured
+from hybridpool.run.wandb import resolve_wandb_mode, wandb_api_key_configured
 from hybridpool.records import RunRecord, read_results, to_jsonable, write_json_atomic
 
 
@@ -76,9 +76,10 @@ def test_wandb_launch_modules_are_imported_before_torch_when_wandb_logs(logger, 
     configured (in a fresh interpreter: this one has imported both long ago)."""
     code = (
         "import sys\n"
-        "from hybridpool.train import _preload_wandb, compose_config\n"
+        "from hybridpool.run import compose_config\n"
+        "from hybridpool.run.wandb import preload\n"
         f"cfg = compose_config(['logger={logger}'])\n"
-        "_preload_wandb(cfg)\n"
+        "preload(cfg)\n"
         "print('wandb.sdk.launch.inputs.internal' in sys.modules, 'torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from hybridpool.config import ConfigError, validate_config
+from hybridpool.run.config import ConfigError, validate_config
 from hybridpool.models import Classifier, SmallCNN
-from hybridpool.module import ClassificationModule
+from hybridpool.run.module import ClassificationModule
 from hybridpool.pooling import Flatten, HybridPool, create_pool, known_pools
 from hybridpool.records import read_results
-from hybridpool.robustness import grid_permutation, permute_grid, shift_image
-from hybridpool.schedule import mixing_parameters, resolve_switch_epoch
-from hybridpool.train import train
+from hybridpool.run.robustness import grid_permutation, permute_grid, shift_image
+from hybridpool.run.schedule import mixing_parameters, resolve_switch_epoch
+from hybridpool.run.train import train
 
 # ------------------------------------------------------------------------------------------------ Flatten
 

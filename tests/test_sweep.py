@@ -15,9 +15,10 @@ import pytest
 import pytorch_lightning as pl
 from tiny_run import TINY as BASE_TINY
 
+from hybridpool.sweep.callback import _check_ray_gpus
+
 from hybridpool.sweep import (
     JobPlan,
-    _check_ray_gpus,
     config_hash,
     plan_job,
     status_main,
@@ -63,10 +64,10 @@ class KillOnce(pl.Callback):
 
 
 def run_cli(root: Path, args: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
-    """``python -m hybridpool.train <args>`` in ``root`` with offline W&B; output kept in ``root/cli-N.log``."""
+    """``python -m hybridpool.cli <args>`` in ``root`` with offline W&B; output kept in ``root/cli-N.log``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)]), "HYDRA_FULL_ERROR": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "hybridpool.train", *args],
+        [sys.executable, "-m", "hybridpool.cli", *args],
         cwd=root,
         env=env,
         capture_output=True,
@@ -218,7 +219,7 @@ def _compose_hydra(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from hybridpool.train import config_dir
+    from hybridpool.run import config_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -301,7 +302,7 @@ def test_joblib_2x2_runs_two_processes_each_job_in_its_own_folder(train_env):
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(train_env):
-    from hybridpool.loggers import read_wandb_run
+    from hybridpool.run.wandb import read_wandb_run
 
     # job 0 trains, job 1 raises mid-training, job 2 has an invalid config (dropout 1.5)
     args = ["-m", *[o for o in TINY if not o.startswith("logger=")], "logger=wandb", "model.dropout=0.0,0.1,1.5",

@@ -67,7 +67,7 @@ def test_submitit_local_executor(train_env):
 
 # ------------------------------------------------------------------------------ the Ray workers' pieces
 def test_ray_worker_options_carry_resources_and_turn_task_retries_into_restarts():
-    from hybridpool.ray_workers import actor_options
+    from hybridpool.sweep.ray_workers import actor_options
 
     assert actor_options({"num_gpus": 1}) == {"num_gpus": 1, "num_cpus": 1, "max_restarts": 3, "max_task_retries": 3}
     opts = actor_options({"num_cpus": 4, "num_gpus": 0.5, "memory": 2**30, "max_calls": 1, "max_retries": 0,
@@ -89,7 +89,7 @@ def test_ray_worker_options_carry_resources_and_turn_task_retries_into_restarts(
     ],
 )
 def test_ray_slot_count_is_what_the_cluster_holds_at_once(options, cluster, jobs, slots):
-    from hybridpool.ray_workers import slot_count
+    from hybridpool.sweep.ray_workers import slot_count
 
     assert slot_count(options, cluster, jobs) == slots
 
@@ -115,7 +115,7 @@ def test_ray_worker_frees_gpu_cache_and_is_replaced_when_its_cuda_context_broke(
         monkeypatch, initialized, broken, reusable, emptied):
     import types
 
-    from hybridpool.ray_workers import worker_reusable
+    from hybridpool.sweep.ray_workers import worker_reusable
 
     cuda = _FakeCuda(initialized, broken)
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
@@ -127,7 +127,7 @@ def test_own_launcher_is_registered_when_hydras_scan_misses_it():
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
-    from hybridpool.sweep import _register_own_launcher
+    from hybridpool.sweep.callback import _register_own_launcher
 
     target = "hydra_plugins.hybridpool_launchers.ray_workers.RayWorkersLauncher"
     known = Plugins.instance().class_name_to_class

@@ -13,7 +13,8 @@ import pytorch_lightning as pl
 import torch
 
 from hybridpool.records import read_results
-from hybridpool.train import config_dir, train
+from hybridpool.run import config_dir
+from hybridpool.run.train import train
 
 POOLS = sorted(p.stem for p in (config_dir() / "pool").glob("*.yaml"))
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def test_resume_without_a_checkpoint_says_where_it_looked(make_cfg):
 
 
 def test_offline_wandb_run_holds_metrics_and_config(make_cfg, train_env, run_path):
-    from hybridpool.loggers import read_wandb_run
+    from hybridpool.run.wandb import read_wandb_run
 
     cfg = make_cfg(["logger=wandb", "trainer.max_epochs=2", "pool=hybrid_channel", "tags=[probe]"], name="wb")
     metrics = train(cfg)
@@ -155,7 +156,7 @@ def test_cli_multirun_gives_each_job_its_own_results_and_wandb_run(train_env, ti
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     overrides = [o for o in tiny_overrides if not o.startswith("logger=")]
     sweep = train_env / "sweep"
-    cmd = [sys.executable, "-m", "hybridpool.train", "-m", *overrides, "logger=wandb", "pool=avg,gem",
+    cmd = [sys.executable, "-m", "hybridpool.cli", "-m", *overrides, "logger=wandb", "pool=avg,gem",
            f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(cmd, cwd=train_env, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -2,7 +2,7 @@
 
 Reads runs (``results.json``, offline W&B files, a W&B project), never training code:
 
-- :mod:`.records`: find and read runs, group them into cells, list failed/missing runs.
+- :mod:`.runs`: find and read runs, group them into cells, list failed/missing runs.
 - :mod:`.stats`: mean with t-interval, paired t and exact Wilcoxon tests, Cohen's d_z, Holm.
 - :mod:`.analysis`: per-cell summaries and comparisons with the baseline pool.
 - :mod:`.tables`, :mod:`.figures`, :mod:`.latex`, :mod:`.summary`: LaTeX/Markdown/HTML tables, matplotlib

@@ -1,6 +1,6 @@
 """From cells to numbers: per-cell means with CIs, paired comparisons against the baseline pool, Holm.
 
-:func:`analyse` turns a :class:`~hybridpool.report.records.Study` into an :class:`Analysis` that the tables,
+:func:`analyse` turns a :class:`~hybridpool.report.runs.Study` into an :class:`Analysis` that the tables,
 figures and summaries render; every number they print comes from here (and so from :mod:`.stats`).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hybridpool.report.records import COMPLETED, Cell, Study
+from hybridpool.report.runs import COMPLETED, Cell, Study
 from hybridpool.report.stats import MeanCI, PairedComparison, holm, mean_ci, paired_comparison
 
 __all__ = ["Analysis", "CellSummary", "Comparison", "analyse", "cell_order", "cost_rows", "pool_internals", "pool_name"]

@@ -18,7 +18,7 @@ Rules (the same for every claim):
 - Each claim's p-values are also Holm-adjusted over the claim's tests (``p_t_holm`` in ``report.json``);
   the verdicts use the unadjusted intervals, as the paper's text says.
 
-:mod:`.verdicts` tests them (:func:`~.verdicts.evaluate_claims`, a pure function of a :class:`~.records.Study`)
+:mod:`.verdicts` tests them (:func:`~.verdicts.evaluate_claims`, a pure function of a :class:`~.runs.Study`)
 and builds the claims' extra tables; nothing here or there reads files.
 """
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybridpool.report.analysis import pool_name
-from hybridpool.report.records import MISSING, Cell
+from hybridpool.report.runs import MISSING, Cell
 
 __all__ = ["CLAIMS", "DEFAULT_ARMS", "Best", "Claim", "Contrast", "S", "Sel", "Trend", "cell_label", "seed_values"]
 

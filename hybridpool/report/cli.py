@@ -137,7 +137,7 @@ def write_report(
     """
     from hybridpool.report.analysis import analyse
     from hybridpool.report.latex import write_claims, write_macros, write_results_body
-    from hybridpool.report.records import group_runs, load_runs
+    from hybridpool.report.runs import group_runs, load_runs
     from hybridpool.report.summary import write_summaries
     from hybridpool.report.tables import PIPELINE_CHECK, build_tables, write_latex
     from hybridpool.report.verdicts import claim_tables, evaluate_claims

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from hybridpool.report.analysis import Analysis, cell_order, cost_rows, pool_name
-from hybridpool.report.records import Cell, Run, Study
+from hybridpool.report.runs import Cell, Run, Study
 from hybridpool.report.tables import PIPELINE_CHECK, block_title, cell_name, fmt_p
 
 __all__ = ["FIGURES", "write_figures"]

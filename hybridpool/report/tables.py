@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridpool.report.analysis import Analysis, cell_order, cost_rows, pool_internals, pool_name
-from hybridpool.report.records import Cell, Study
+from hybridpool.report.runs import Cell, Study
 from hybridpool.report.stats import MeanCI
 
 __all__ = [

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from hybridpool.report.analysis import pool_name
 from hybridpool.report.claims import CLAIMS, HYBRID, METRIC_NAMES, Best, Claim, Contrast, Trend, cell_label, seed_values
-from hybridpool.report.records import Cell, Study
+from hybridpool.report.runs import Cell, Study
 from hybridpool.report.stats import PairedComparison, holm, mean_ci, paired_comparison
 from hybridpool.report.tables import DASH, Table, block_title, fmt_ci, fmt_int, fmt_num, fmt_p, fmt_pct
 

@@ -1,4 +1,4 @@
-"""``RayWorkersLauncher``: Hydra's Ray launcher with long-lived workers (``hybridpool.ray_workers``).
+"""``RayWorkersLauncher``: Hydra's Ray launcher with long-lived workers (``hybridpool.sweep.ray_workers``).
 
 Hydra imports this module on every start (plugin scan), so it imports neither Ray nor the Ray launcher.
 """
@@ -28,6 +28,6 @@ class RayWorkersLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from hybridpool.ray_workers import launch
+        from hybridpool.sweep.ray_workers import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -14,7 +14,7 @@ from report_helpers import write_record
 
 from hybridpool.report.claims import CLAIMS, Claim, Contrast, S, Trend
 from hybridpool.report.cli import main
-from hybridpool.report.records import group_runs, run_from_record
+from hybridpool.report.runs import group_runs, run_from_record
 from hybridpool.report.tables import fmt_ci, fmt_pct
 from hybridpool.report.verdicts import AGREES, CONTRADICTS, INCONCLUSIVE, NOT_TESTED, evaluate_claim, evaluate_claims
 

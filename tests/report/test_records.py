@@ -8,7 +8,7 @@ import types
 import pytest
 from report_helpers import AVG_SYNTH, RUNS, load_fixture_generator, write_record
 
-from hybridpool.report.records import (
+from hybridpool.report.runs import (
     find_results,
     group_runs,
     load_runs,

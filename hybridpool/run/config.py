@@ -184,8 +184,8 @@ def _check_study_switches(container: Mapping[str, Any], problems: list[str]) -> 
     """``module.pool_schedule``/``switch_epoch``, ``module.robustness`` and ``pool.spatial_size`` (Flatten)."""
     from hybridpool.pooling import Flatten, HybridPool
     from hybridpool.pooling.flatten import _spatial_pair
-    from hybridpool.robustness import check_robustness
-    from hybridpool.schedule import POOL_SCHEDULES, WEIGHTED_MIXING, resolve_switch_epoch
+    from hybridpool.run.robustness import check_robustness
+    from hybridpool.run.schedule import POOL_SCHEDULES, WEIGHTED_MIXING, resolve_switch_epoch
 
     module = _mapping(container, "module")
     pool = _mapping(container, "pool")
@@ -245,7 +245,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         ConfigError: (a ``ValueError``) listing every unknown key (full dotted path, nearest accepted key,
             accepted keys) and every out-of-range value, e.g. ``optim.optimizer.lr: must be > 0, got -0.1``.
     """
-    from hybridpool.module import SCHEDULES, ClassificationModule
+    from hybridpool.run.module import SCHEDULES, ClassificationModule
 
     if isinstance(cfg, (DictConfig, ListConfig)):
         try:

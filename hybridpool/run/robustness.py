@@ -2,7 +2,7 @@
 
 Global average pooling is said to be robust to the spatial arrangement of the input (Lin et al., "Network in
 Network", ICLR 2014): it forgets where a feature fired. Two pure transforms probe that claim at test time
-(:class:`hybridpool.module.ClassificationModule` with ``robustness={"shift": s, "grid": g}`` logs the accuracy on
+(:class:`hybridpool.run.module.ClassificationModule` with ``robustness={"shift": s, "grid": g}`` logs the accuracy on
 each as ``test_shift/acc`` and ``test_grid/acc``):
 
 - :func:`shift_image`: a translation by ``shift`` pixels right and down, zero fill (not circular): content leaves

@@ -1,4 +1,8 @@
-"""W&B set-up that never hangs: online only when it can work, otherwise offline with the sync command printed.
+"""W&B for one run: a logger that never hangs, and a session that starts, fails and finishes its run.
+
+:class:`WandbSession` is the run's one interface to W&B (:func:`preload` before torch, ``start``,
+``record_failure``, ``finish``); loggers are recognised by type (:func:`is_wandb_logger`). The logger itself,
+:func:`make_wandb_logger`, is online only when it can work, otherwise offline with the sync command printed.
 
 ``WANDB_MODE=online`` on a machine without network makes ``wandb.init`` wait ~100 s and then crash a Lightning
 fit. :func:`resolve_wandb_mode` decides without a network round-trip that can hang: online only if
@@ -25,10 +29,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 __all__ = [
+    "WandbSession",
+    "is_wandb_logger",
     "make_wandb_logger",
+    "preload",
     "read_wandb_run",
     "resolve_wandb_mode",
     "wandb_api_key_configured",
+    "wandb_logger_nodes",
     "wandb_run_info",
 ]
 
@@ -252,3 +260,163 @@ def read_wandb_run(path: str | os.PathLike[str], timeout: float = 120.0) -> dict
         "summary": state.get("summary", {}),
         "history": history,
     }
+
+
+# --------------------------------------------------------------------------------------------- one run's session
+def is_wandb_logger(logger: Any) -> bool:
+    """Whether an instantiated Lightning logger logs to W&B (by type)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    return isinstance(logger, WandbLogger)
+
+
+#: Lightning's W&B logger class, under both package names
+_WANDB_LOGGER_CLASSES = ("pytorch_lightning.loggers.WandbLogger", "lightning.pytorch.loggers.WandbLogger")
+
+
+def _builds_wandb_logger(node: Any) -> bool:
+    """Whether a logger config node builds a W&B logger: :func:`make_wandb_logger` or a ``WandbLogger`` (subclass).
+
+    The target is resolved and compared as an object when its module is hybridpool's or already imported; a
+    target in a module not yet imported (Lightning, before torch is loaded) is compared by its exact path, so
+    that asking never imports torch.
+    """
+    import sys
+
+    from hydra.utils import get_object
+
+    target_path = str(node.get("_target_", ""))
+    module = target_path.rpartition(".")[0]
+    if not (module.startswith("hybridpool.") or module in sys.modules):
+        return target_path in _WANDB_LOGGER_CLASSES
+    try:
+        target = get_object(target_path)
+    except Exception:
+        return False
+    if target is make_wandb_logger:
+        return True
+    return isinstance(target, type) and any(c.__name__ == "WandbLogger" for c in target.__mro__)
+
+
+def wandb_logger_nodes(cfg: Any) -> list[Any]:
+    """The logger nodes of a run config (``cfg.logger``) that build a W&B logger."""
+    nodes = (cfg.get("logger") or {}).values()
+    return [n for n in nodes if n is not None and "_target_" in n and _builds_wandb_logger(n)]
+
+
+def preload(cfg: Any) -> None:
+    """Import what ``wandb.init`` imports on its first call, before torch and Lightning, when W&B will log.
+
+    ``wandb.init`` imports W&B Launch's modules, whose pydantic models read their field docstrings through
+    ``inspect.getmodule``, which scans ``sys.modules``: slow with torch, Lightning and torchvision loaded (4,000
+    modules), much faster before them. It matters in every fresh process (each worker's first job; every job
+    under the Ray plugin's own launcher on GPUs): ``scripts/bench_sweep.py`` records the W&B init of each job.
+    """
+    nodes = wandb_logger_nodes(cfg)
+    if not nodes or all(str(n.get("mode", "auto")) == "disabled" for n in nodes):
+        return
+    import contextlib
+
+    with contextlib.suppress(Exception):  # an optimisation only: W&B's module layout is not an API
+        import wandb.sdk.launch.inputs.internal  # noqa: F401
+
+
+class WandbSession:
+    """The W&B side of one run: the logger's arguments, :meth:`start`, :meth:`record_failure`, :meth:`finish`.
+
+    Args:
+        container: the run's resolved config (logged as the W&B config with the job's identity).
+        job: the run's ``job`` description (number and overrides in a sweep).
+        previous: the record of an earlier attempt: a resumed run keeps its W&B run id.
+        group, name: the W&B group and run name the launcher chose (``None``: the logger config's).
+    """
+
+    def __init__(
+        self,
+        container: dict[str, Any],
+        job: dict[str, Any],
+        previous: dict[str, Any] | None = None,
+        group: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.container = container
+        self.job = job
+        self.previous = previous or {}
+        self.group = group
+        self.name = name
+        self.info: dict[str, Any] | None = None
+
+    def logger_kwargs(self, node: Any, tags: list[str] | None = None) -> dict[str, Any]:
+        """Arguments added to a W&B logger node: the earlier attempt's run id, the sweep's group and name, tags."""
+        kwargs: dict[str, Any] = {}
+        wid = (self.previous.get("wandb") or {}).get("id")
+        if wid and node.get("id") is None:
+            kwargs["id"] = wid
+        if self.group and node.get("group") in (None, self.container.get("task_name")):
+            kwargs["group"] = self.group
+        if self.name and node.get("name") is None:
+            kwargs["name"] = self.name[:128]
+        if tags is not None:
+            kwargs["tags"] = tags
+        return kwargs
+
+    def start(self, loggers: list[Any]) -> dict[str, Any] | None:
+        """Log the config to every logger and start the W&B run now, so its folder is known even if fit fails."""
+        for lg in loggers:
+            lg.log_hyperparams({**self.container, "job": self.job})
+        for lg in loggers:
+            if is_wandb_logger(lg):
+                _ = lg.experiment
+                self.info = wandb_run_info(lg)
+        return self.info
+
+    def summarize(self, loggers: list[Any], metrics: dict[str, float]) -> None:
+        """Put the final val/test metrics and ``status: completed`` into the W&B run's summary."""
+        summary = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("val/", "test/", "test_"))}
+        for lg in loggers:
+            if is_wandb_logger(lg):
+                lg.experiment.summary.update({**summary, "status": "completed"})
+
+    def record_failure(self, cfg: Any, failure: dict[str, Any]) -> dict[str, Any] | None:
+        """Put a failed run's status, error and traceback into its W&B run; start one if it failed before W&B.
+
+        Best effort: W&B trouble never hides the run's own error. Returns the W&B run's info (or ``None``).
+        """
+        from hybridpool.run.console import say
+
+        try:
+            import wandb
+
+            if wandb.run is None:
+                nodes = wandb_logger_nodes(cfg)
+                if not nodes:
+                    return self.info
+                from hydra.utils import instantiate
+
+                lg = instantiate(nodes[0], _convert_="all", **self.logger_kwargs(nodes[0]))
+                self.start([lg])
+            if wandb.run is not None:
+                wandb.run.summary.update(failure)
+        except Exception as err:
+            say(f"warning: could not record the failure in W&B: {err}")
+        return self.info
+
+    @staticmethod
+    def finish(loggers: list[Any], ok: bool) -> None:
+        """Close the W&B run (each job of a multirun is its own run) and detach the loggers from it."""
+        import sys
+
+        if "wandb" not in sys.modules:
+            return
+        import wandb
+
+        from hybridpool.run.console import say
+
+        try:
+            if wandb.run is not None:
+                wandb.finish(exit_code=0 if ok else 1)
+        except Exception as err:  # never hide the run's own error behind a W&B one
+            say(f"warning: wandb.finish() failed: {err}")
+        for lg in loggers:
+            if hasattr(lg, "_experiment"):
+                lg._experiment = None

@@ -16,7 +16,7 @@
 - the cost: ``time/epoch_s`` per training epoch (wall time of the training batches, validation excluded) and
   ``time/epoch_s_mean``, its mean over the epochs run so far by this fit (its last value is the run's mean);
 - with ``from_features=True`` the batches hold cached backbone feature maps ``(B, C, H', W')`` (frozen-backbone
-  mode, see :mod:`hybridpool.features`) and only pool + head run;
+  mode, see :mod:`hybridpool.data.features`) and only pool + head run;
 - checkpoints carry the RNG states so that ``ckpt_path=last`` resumes an interrupted run exactly;
 - ``pool_schedule="freeze_and_train"`` (for a :class:`~hybridpool.pooling.HybridPool` with weighted mixing,
   meant for ``init="gap"``): until ``switch_epoch`` the pool's parameters get no update (backbone + head
@@ -26,7 +26,7 @@
   logged per epoch as ``schedule/stage`` (1 or 2);
 - ``robustness={"shift": s, "grid": g}``: the test accuracy also on the test images shifted ``s`` pixels right
   and down (``test_shift/acc``) and cut into ``g x g`` tiles shuffled by a fixed permutation
-  (``test_grid/acc``), see :mod:`hybridpool.robustness`.
+  (``test_grid/acc``), see :mod:`hybridpool.run.robustness`.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from hybridpool.models.classifier import Classifier
-from hybridpool.robustness import ROBUSTNESS_KEYS, check_robustness, grid_permutation, permute_grid, shift_image
-from hybridpool.schedule import (
+from hybridpool.run.robustness import ROBUSTNESS_KEYS, check_robustness, grid_permutation, permute_grid, shift_image
+from hybridpool.run.schedule import (
     POOL_SCHEDULES,
     WEIGHTED_MIXING,
     check_freeze_and_train_pool,
@@ -204,8 +204,8 @@ class ClassificationModule(pl.LightningModule):
             and ``< max_epochs`` (checked when fitting starts; :func:`resolve_switch_epoch`).
         robustness: ``None`` (off) or ``{"shift": s, "grid": g}`` (optional ``"seed"``, default 0): every test
             batch is also classified shifted ``s`` pixels right and down with zero fill
-            (:func:`hybridpool.robustness.shift_image`, metric ``test_shift/acc``) and cut into ``g x g`` tiles
-            shuffled by a fixed non-identity permutation (:func:`hybridpool.robustness.permute_grid`, metric
+            (:func:`hybridpool.run.robustness.shift_image`, metric ``test_shift/acc``) and cut into ``g x g`` tiles
+            shuffled by a fixed non-identity permutation (:func:`hybridpool.run.robustness.permute_grid`, metric
             ``test_grid/acc``); either key may be ``None`` to skip that test. Images only: not with
             ``from_features``.
     """
@@ -567,7 +567,7 @@ class ClassificationModule(pl.LightningModule):
 
         The global RNGs are restored here, before Lightning creates the first training iterator; the training
         loader's own generator (a datamodule that shuffles with a seeded ``torch.Generator``) is restored by
-        :meth:`restore_loader_state` as soon as the loader exists (``hybridpool.train`` wires it).
+        :meth:`restore_loader_state` as soon as the loader exists (``hybridpool.run.build`` wires it).
         """
         state = checkpoint.get("hybridpool_rng")
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"

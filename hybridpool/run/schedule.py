@@ -2,7 +2,7 @@
 
 ``freeze_and_train`` follows "On Global Feature Pooling for Fine-grained Visual Categorization" (ICLR 2020
 submission, OpenReview H1lkCTVFwB), where jointly training a combination of two poolings suffered from gradient
-conflict. :class:`hybridpool.module.ClassificationModule` applies it: until ``switch_epoch`` the pool (its mixing
+conflict. :class:`hybridpool.run.module.ClassificationModule` applies it: until ``switch_epoch`` the pool (its mixing
 parameters, :func:`mixing_parameters`, and its branches' own parameters) gets no update, so with ``init="gap"``
 backbone and head train with plain GAP; from then on the backbone is frozen and pool and head train. This module
 holds the checks and names the parameters; it imports no Lightning.

@@ -1,0 +1,41 @@
+"""What a run prints: one ``[hybridpool]`` line per fact, and where every output went at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["report", "say"]
+
+
+def say(msg: str) -> None:
+    """Print ``[hybridpool] msg`` at once (sweep workers' output is interleaved line by line)."""
+    print(f"[hybridpool] {msg}", flush=True)
+
+
+def report(record: Any, seconds: float) -> None:
+    d = record.data
+    m = d.get("metrics") or {}
+    shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("test/acc", "val/acc", "test/acc_macro") if k in m)
+    say(f"run {d['status']} in {seconds:.1f} s" + (f": {shown}" if shown else ""))
+    paths = d.get("paths") or {}
+    say(f"  results:      {record.path}")
+    if paths.get("metrics_csv"):
+        say(f"  metrics CSV:  {paths['metrics_csv']}")
+    if paths.get("checkpoint_dir"):
+        best = Path(paths["best_checkpoint"]).name if paths.get("best_checkpoint") else "-"
+        say(f"  checkpoints:  {paths['checkpoint_dir']} (best: {best}, last: last.ckpt)")
+    if paths.get("attention_maps"):
+        say(f"  attention:    {paths['attention_maps']}")
+    if paths.get("feature_cache"):
+        say(
+            f"  feature cache: {paths['feature_cache']} ({', '.join(paths.get('feature_cache_events', []))})"
+        )
+    w = d.get("wandb") or {}
+    if w.get("mode") == "online":
+        say(f"  W&B:          {w.get('url') or w.get('dir')}")
+    elif w.get("mode") == "offline":
+        say(f"  W&B (offline, {w.get('reason')}): {w.get('dir')}")
+        say(f"  upload with:  {w.get('sync_command')}")
+    if d.get("error"):
+        say(f"  error:        {d['error']}")
