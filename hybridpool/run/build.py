@@ -177,15 +177,21 @@ def build_loggers(cfg: DictConfig, session: WandbSession, tags: list[str]) -> li
 
 
 def build_callbacks(cfg: DictConfig, extra: list[Any], loggers: list[Any]) -> list[Any]:
-    """``cfg.callbacks`` (each node with a ``_target_``) + ``extra``; no learning-rate monitor without a logger."""
+    """``cfg.callbacks`` (each node with a ``_target_``) + ``extra``; no learning-rate monitor without a logger;
+    a one-line parameter summary unless the config brings its own ``ModelSummary`` or turns the summary off."""
     from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary
+
+    from hybridpool.run.callbacks import ParameterSummary
 
     nodes = cfg.get("callbacks") or {}
     callbacks = [instantiate(n, _convert_="all") for n in nodes.values() if n is not None and "_target_" in n]
     callbacks += list(extra)
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    wants_summary = cfg.trainer.get("enable_model_summary", True) is not False
+    if wants_summary and not any(isinstance(c, ModelSummary) for c in callbacks):
+        callbacks.append(ParameterSummary())  # one line instead of Lightning's table
     return callbacks
 
 

@@ -1,4 +1,4 @@
-"""Lightning callbacks of hybridpool: attention maps of the trained pool over validation images."""
+"""Lightning callbacks of hybridpool: attention maps of the trained pool over validation images, a one-line summary."""
 
 from __future__ import annotations
 
@@ -10,8 +10,36 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pytorch_lightning.callbacks import ModelSummary
 
-__all__ = ["AttentionMaps", "render_attention_panels", "save_attention_arrays"]
+from hybridpool.run.console import say
+
+__all__ = ["AttentionMaps", "ParameterSummary", "render_attention_panels", "save_attention_arrays"]
+
+
+def _count(n: int) -> str:
+    for unit, size in (("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(n)
+
+
+class ParameterSummary(ModelSummary):
+    """Lightning's model summary as one line: ``model: SmallCNN -> HybridPool -> Linear: 94.4 K parameters (...)``.
+
+    Lightning's table lists the metric modules and a FLOPs column that is 0 without an example input.
+    """
+
+    def _summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        self._module = pl_module
+        return super()._summary(trainer, pl_module)
+
+    def summarize(self, summary_data: Any, total_parameters: int, trainable_parameters: int, *args: Any,
+                  **kwargs: Any) -> None:
+        model = getattr(self._module, "model", None)
+        parts = [type(getattr(model, name, None)).__name__ for name in ("backbone", "pool", "head")]
+        path = " -> ".join(p for p in parts if p != "NoneType")
+        say(f"model: {path}: {_count(total_parameters)} parameters ({_count(trainable_parameters)} trainable)")
 
 
 def _to_rgb(img: torch.Tensor) -> np.ndarray:

@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["report", "say"]
+__all__ = ["quiet_third_party", "report", "say"]
+
+#: Lightning's info lines that tell a researcher nothing about the run (advertisements, internal steps)
+_LIGHTNING_NOISE = (
+    "💡 Tip:",
+    "Loading `train_dataloader` to estimate number of stepping batches",
+    "Trainer already configured with model summary callbacks",
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(_LIGHTNING_NOISE)
+
+
+def quiet_third_party() -> None:
+    """Keep what matters on the console: drop Lightning's tips and a deprecation warning torch raises inside it.
+
+    Idempotent; called at the start of every run. Lightning's summary table is replaced by one line
+    (:class:`~hybridpool.run.callbacks.ParameterSummary`), and W&B's ``anonymous`` warning is avoided in
+    :func:`~hybridpool.run.wandb.make_wandb_logger`.
+    """
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropNoise) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropNoise())
+    # torch's pytree deprecates LeafSpec checks that Lightning still makes, once per fit and test
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def say(msg: str) -> None:
@@ -39,3 +67,4 @@ def report(record: Any, seconds: float) -> None:
         say(f"  upload with:  {w.get('sync_command')}")
     if d.get("error"):
         say(f"  error:        {d['error']}")
+

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from hybridpool.run import ddp
-from hybridpool.run.console import report, say
+from hybridpool.run.console import quiet_third_party, report, say
 from hybridpool.run.resume import Placement, placement_from_config
 from hybridpool.run.wandb import WandbSession, preload
 
@@ -62,6 +62,7 @@ def train(cfg: DictConfig, placement: Placement | None = None, extra_callbacks: 
     """
     t_start = (placement.start_unix if placement else None) or time.time()
     preload(cfg)
+    quiet_third_party()
     import pytorch_lightning as pl
     from pytorch_lightning.utilities import rank_zero_only
 

@@ -166,6 +166,8 @@ def make_wandb_logger(
         log_model=log_model if resolved == "online" else False,
         mode=resolved,
     )
+    # Lightning passes anonymous=None, which W&B (0.19+) warns about on every run: the setting does nothing
+    logger._wandb_init.pop("anonymous", None)
     logger.hybridpool_mode = resolved
     logger.hybridpool_mode_reason = reason
     return logger
