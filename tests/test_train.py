@@ -188,3 +188,19 @@ def test_last_checkpoint_is_the_last_epoch_even_when_val_acc_stops_improving(mak
     assert (best["epoch"], last["epoch"]) == (0, 2)
     assert sorted(p.name for p in Path(rec["paths"]["last_checkpoint"]).parent.iterdir()) == [
         "best-epoch000.ckpt", "last.ckpt"]
+
+
+def test_cli_run_prints_what_matters_and_no_third_party_noise(train_env, tiny_overrides):
+    """A single run with W&B (offline), the summary on, the progress bar off: no Lightning tips, no FLOPs table,
+    no W&B ``anonymous`` warning, no pytree deprecation; one line of parameter counts and where the outputs went."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("WANDB_SILENT", None)
+    overrides = [o for o in tiny_overrides if not o.startswith(("logger=", "trainer.enable_model_summary"))]
+    cmd = [sys.executable, "-m", "hybridpool.cli", *overrides, "logger=wandb", "pool=hybrid_scalar"]
+    done = subprocess.run(cmd, cwd=train_env, env=env, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    for noise in ("💡 Tip", "FLOPs", "anonymous setting", "LeafSpec", "model summary callbacks", "stepping batches"):
+        assert noise not in out, noise
+    assert "[hybridpool] model: SmallCNN -> HybridPool -> Linear: " in out
+    assert "[hybridpool]   results:" in out
