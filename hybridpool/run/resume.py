@@ -6,12 +6,12 @@ gets its placement from the ``ckpt_path`` key (:func:`placement_from_config`, :f
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridpool.records import RESULTS_FILE, comparable_config, read_json
+from hybridpool.records import RESULTS_FILE, config_hash, read_json, record_hash
 
 __all__ = ["Placement", "placement_from_config", "resolve_ckpt_path"]
 
@@ -62,25 +62,11 @@ def resolve_ckpt_path(
     if here.is_file():
         return str(here), output_dir
     root = Path(log_dir) / task_name
-    mine = comparable_config(config, str(output_dir))
-    matches: list[tuple[float, Path]] = []
-    others = 0
-    for ckpt in root.glob("**/checkpoints/last.ckpt") if root.is_dir() else []:
-        run_dir = ckpt.parent.parent
-        try:
-            record = json.loads((run_dir / "results.json").read_text())
-        except (OSError, ValueError):
-            others += 1
-            continue
-        if (
-            comparable_config(record.get("config", {}), record.get("paths", {}).get("output_dir", str(run_dir)))
-            == mine
-        ):
-            matches.append((ckpt.stat().st_mtime, run_dir))
-        else:
-            others += 1
+    checkpoints = {c.parent.parent: c for c in root.glob("**/checkpoints/last.ckpt")} if root.is_dir() else {}
+    mine, others = attempts_of(config_hash(config, output_dir), checkpoints)
+    matches = [(checkpoints[d].stat().st_mtime, d) for d, _ in mine]
     if not matches:
-        extra = f" ({others} last.ckpt from runs with a different config were ignored)" if others else ""
+        extra = f" ({len(others)} last.ckpt from runs with a different config were ignored)" if others else ""
         raise FileNotFoundError(
             f"ckpt_path=last: no checkpoint to resume: {here} does not exist and no earlier run of task "
             f"'{task_name}' under {root} with the same config has checkpoints/last.ckpt{extra}. Pass "
@@ -89,6 +75,26 @@ def resolve_ckpt_path(
     run_dir = max(matches)[1]
     return str(run_dir / "checkpoints" / "last.ckpt"), run_dir
 
+
+def attempts_of(
+    chash: str, run_dirs: Iterable[Path]
+) -> tuple[list[tuple[Path, dict[str, Any]]], list[Path]]:
+    """``(attempts, others)``: the run folders whose record has the config hash ``chash`` (with the record), and
+    the rest (another config, or no readable record).
+
+    The one test of "is this an earlier attempt of the same run", for ``ckpt_path=last`` and for sweeps
+    (:func:`hybridpool.sweep.plan.plan_job`): :func:`~hybridpool.records.config_hash` ignores folders and
+    ``ckpt_path``, so two attempts of one config and seed match wherever they ran.
+    """
+    attempts: list[tuple[Path, dict[str, Any]]] = []
+    others: list[Path] = []
+    for run_dir in run_dirs:
+        record = read_json(Path(run_dir) / RESULTS_FILE)
+        if record is not None and record_hash(record, Path(run_dir)) == chash:
+            attempts.append((Path(run_dir).absolute(), record))
+        else:
+            others.append(Path(run_dir).absolute())
+    return attempts, others
 
 
 def placement_from_config(container: dict[str, Any], overrides: list[str]) -> Placement:

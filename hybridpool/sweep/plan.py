@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybridpool.records import RESULTS_FILE, read_json, record_hash
+from hybridpool.records import RESULTS_FILE, read_json
+from hybridpool.run.resume import attempts_of
 
 __all__ = ["JobPlan", "SweepJob", "current_job", "iter_records", "job_lock", "plan_job"]
 
@@ -102,13 +103,9 @@ class JobPlan:
 def plan_job(h: str, output_dir: Path, sweep_dir: Path) -> JobPlan:
     """Decide what the job with config hash ``h``, given the folder ``output_dir``, does in ``sweep_dir``."""
     output_dir = Path(output_dir).absolute()
-    mine: list[tuple[Path, dict[str, Any]]] = []
-    occupied = False
-    for d, rec in iter_records(Path(sweep_dir)):
-        if record_hash(rec, d) == h:
-            mine.append((d.absolute(), rec))
-        elif d.absolute() == output_dir:
-            occupied = True
+    folders = [d for d, _ in iter_records(Path(sweep_dir))]
+    mine, others = attempts_of(h, folders)
+    occupied = output_dir in others
     done = [(d, r) for d, r in mine if r.get("status") == "completed"]
     if done:
         d, r = done[0]
