@@ -255,8 +255,8 @@ def main() -> int:
     imp = []
     for _ in range(3):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import hybridpool.run.train, torch, pytorch_lightning, torchvision, wandb"],
-                       env=env, check=True)
+        code = "import hybridpool.run.train, torch, pytorch_lightning, torchvision, wandb"
+        subprocess.run([sys.executable, "-c", code], env=env, check=True)
         imp.append(time.perf_counter() - t)
     say(f"fresh process: python + import torch, lightning, torchvision, wandb, hybridpool: "
         f"{' '.join(f'{x:.1f}' for x in imp)} s (min {min(imp):.1f})")

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from hybridpool.run.config import ConfigError, validate_config
 from hybridpool.models import Classifier, SmallCNN
-from hybridpool.run.module import ClassificationModule
 from hybridpool.pooling import Flatten, HybridPool, create_pool, known_pools
 from hybridpool.records import read_results
+from hybridpool.run.config import ConfigError, validate_config
+from hybridpool.run.module import ClassificationModule
 from hybridpool.run.robustness import grid_permutation, permute_grid, shift_image
 from hybridpool.run.schedule import mixing_parameters, resolve_switch_epoch
 from hybridpool.run.train import train
@@ -76,7 +76,8 @@ def test_classifier_with_flatten_has_the_big_linear_head_in_the_head_group(make_
 
 def test_flatten_config_validates_unset_and_checks_a_set_spatial_size(make_cfg):
     c = validate_config(make_cfg(["pool=flatten"]))
-    assert c["pool"]["_target_"] == "hybridpool.pooling.Flatten" and c["pool"]["spatial_size"] == "???"
+    assert c["pool"]["_target_"] == "hybridpool.pooling.pool_factory" and c["pool"]["spec"] == "flatten"
+    assert c["pool"]["spatial_size"] == "???"
     assert validate_config(make_cfg(["pool=flatten", "pool.spatial_size=[7,7]"]))["pool"]["spatial_size"] == [7, 7]
     with pytest.raises(ConfigError, match=r"pool\.spatial_size"):
         validate_config(make_cfg(["pool=flatten", "pool.spatial_size=[0,7]"]))

@@ -53,7 +53,10 @@ def test_short_fit_on_a_synthetic_task_beats_chance(make_cfg, train_env, run_pat
     assert rec["status"] == "completed" and rec["schema"] == 1
     assert rec["seed"] == 0 and rec["task_name"] == "main"
     assert rec["metrics"]["test/acc"] == pytest.approx(metrics["test/acc"])
-    assert rec["config"]["pool"]["_target_"] == "hybridpool.pooling.HybridPool"
+    assert rec["config"]["pool"]["_target_"] == "hybridpool.pooling.pool_factory"
+    # the pool's one identity, its create_pool spec, is a field of the record and the tag
+    assert rec["pool"]["spec"] == "hybrid" and rec["pool"]["kwargs"]["mixing"] == "scalar"
+    assert "pool:hybrid" in rec["tags"]
     assert rec["config"]["data"]["num_train"] == 512
     assert rec["wall_time_s"] > 0 and rec["started_at"] and rec["finished_at"]
     assert set(rec["git"]) == {"commit", "dirty"}

@@ -18,9 +18,10 @@ in ``0..num_classes-1``; a loader batch is ``(images (B, C, H, W) float32, label
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,6 +30,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from hybridpool.arguments import ArgumentError, check_rules, number, one_of, raise_first
 from hybridpool.data.errors import resolve_root
 from hybridpool.data.splits import class_counts, stratified_split, stratified_subsample
 from hybridpool.data.transforms import (
@@ -39,10 +41,34 @@ from hybridpool.data.transforms import (
     small_image_transforms,
 )
 
-__all__ = ["SPLITS", "ClassificationDataModule"]
+__all__ = ["SPLITS", "ClassificationDataModule", "check_datamodule_args"]
 
 SPLITS = ("train", "val", "test")
 Transform = Callable[[Any], torch.Tensor]
+
+_FRACTION = functools.partial(number, low=0, high=1, high_open=True)
+#: the range of each argument of ClassificationDataModule that has one
+_RULES = {
+    "batch_size": functools.partial(number, low=1),
+    "num_workers": functools.partial(number, low=0),
+    "normalize": functools.partial(one_of, choices=NORMALIZE_CHOICES),
+    "train_fraction": functools.partial(number, low=0, high=1, low_open=True),
+    "val_fraction": _FRACTION,
+    "test_fraction": _FRACTION,
+    "image_size": functools.partial(number, low=1),
+    "channels": functools.partial(one_of, choices=(None, 1, 3)),
+}
+
+
+def check_datamodule_args(**kwargs: Any) -> list[ArgumentError]:
+    """The problems of :class:`ClassificationDataModule` arguments among ``kwargs`` (others are ignored), without
+    building anything; ``val_fraction + test_fraction < 1`` is checked when both are given."""
+    problems = check_rules(_RULES, kwargs)
+    val, test = kwargs.get("val_fraction"), kwargs.get("test_fraction")
+    fractions_ok = not any(p.arg in ("val_fraction", "test_fraction") for p in problems)
+    if fractions_ok and val is not None and test is not None and float(val) + float(test) >= 1.0:
+        problems.append(ArgumentError("val_fraction", val, f"< 1 - test_fraction = {1.0 - float(test):g}"))
+    return problems
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -66,9 +92,20 @@ class ClassificationDataModule(pl.LightningDataModule):
         min_scale: lower bound of the ``RandomResizedCrop`` area scale (natural images).
         flip: random horizontal flip in training.
 
+    Subclasses take their own arguments (and the shared ones whose default differs) by keyword and pass the rest on
+    as ``**kwargs`` (``KWARGS_TO_BASE``); the base arguments a dataset does not use it sets itself
+    (``FIXED_ARGS``, given to this constructor by :meth:`_base_args`), so they are not accepted.
+    :func:`hybridpool.arguments.accepted_arguments` lists what a subclass accepts; :meth:`check_args` checks
+    argument values without building anything, as the constructors do (each raises the first problem).
+
     Attributes (set by ``__init__``, before ``setup``): ``name``, ``num_classes``, ``in_channels``,
     ``image_size``, ``class_names`` (may be ``None`` until ``setup``), ``root`` (a ``Path``).
     """
+
+    #: subclass constructors pass their ``**kwargs`` on to this constructor (the config check follows them)
+    KWARGS_TO_BASE: ClassVar[bool] = True
+    #: arguments of this constructor that a subclass sets itself (not accepted from its callers)
+    FIXED_ARGS: ClassVar[Mapping[str, Any]] = {}
 
     name: str = "classification"
     #: "small" (crop + pad augmentation) or "natural" (RandomResizedCrop); subclasses may override transforms
@@ -98,22 +135,18 @@ class ClassificationDataModule(pl.LightningDataModule):
         flip: bool = True,
     ) -> None:
         super().__init__()
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if int(num_workers) < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if normalize not in NORMALIZE_CHOICES:
-            raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
-        if not 0.0 < float(train_fraction) <= 1.0:
-            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
-        if not 0.0 <= float(val_fraction) < 1.0 or not 0.0 <= float(test_fraction) < 1.0:
-            raise ValueError(f"val_fraction and test_fraction must be in [0, 1), got {val_fraction}, {test_fraction}")
-        if float(val_fraction) + float(test_fraction) >= 1.0:
-            raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
-        if int(image_size) < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
-        if channels is not None and int(channels) not in (1, 3):
-            raise ValueError(f"channels must be None, 1 or 3, got {channels}")
+        raise_first(
+            check_datamodule_args(
+                batch_size=batch_size,
+                num_workers=num_workers,
+                normalize=normalize,
+                train_fraction=train_fraction,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                image_size=image_size,
+                channels=channels,
+            )
+        )
         self.root: Path = resolve_root(root)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
@@ -138,6 +171,22 @@ class ClassificationDataModule(pl.LightningDataModule):
         self._stats: Stats | None = None
         self._datasets: dict[str, Dataset] = {}
         self._generator = torch.Generator().manual_seed(self.seed)
+
+    @classmethod
+    def check_args(cls, **kwargs: Any) -> list[ArgumentError]:
+        """The problems of constructor arguments among ``kwargs`` (a subset is fine: those not given are not
+        checked), without building anything; the constructor raises the first of them. Subclasses with arguments
+        of their own extend it."""
+        return check_datamodule_args(**{**kwargs, **cls.FIXED_ARGS})
+
+    def _base_args(self, **kwargs: Any) -> dict[str, Any]:
+        """``kwargs`` for this constructor plus ``FIXED_ARGS``; a caller's fixed argument is refused (TypeError)."""
+        for arg, value in self.FIXED_ARGS.items():
+            if arg in kwargs:
+                raise TypeError(
+                    f"{type(self).__name__}() got an unexpected keyword argument {arg!r} (it sets {arg}={value!r})"
+                )
+        return {**kwargs, **self.FIXED_ARGS}
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _load_sources(self) -> dict[str, np.ndarray]:

@@ -7,13 +7,16 @@ Labels and splits come from the release's text files or directory listing (never
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from hybridpool.arguments import ArgumentError, check_rules, number, raise_first
 from hybridpool.data.base import ClassificationDataModule, Transform
 from hybridpool.data.datasets import ImageFileDataset
 from hybridpool.data.errors import DatasetNotFoundError
@@ -53,9 +56,17 @@ def _read_table(path: Path) -> list[list[str]]:
 
 
 class _FileDataModule(ClassificationDataModule):
-    """Base for datasets given as image files: subclasses fill ``_files``, ``_labels`` (and ``_ids``)."""
+    """Base for datasets given as image files: subclasses fill ``_files``, ``_labels`` (and ``_ids``).
 
-    def _init_files(self) -> None:
+    Arguments as in :class:`~hybridpool.data.base.ClassificationDataModule` but ``channels`` and ``download``
+    (and those a dataset's ``FIXED_ARGS`` names).
+    """
+
+    #: RGB images; nothing to download (unless a dataset says otherwise)
+    FIXED_ARGS: ClassVar[Mapping[str, Any]] = {"channels": None, "download": False}
+
+    def __init__(self, *, batch_size: int = 32, **kwargs: Any) -> None:
+        super().__init__(**self._base_args(batch_size=batch_size, **kwargs))
         self._files: dict[str, list[Path]] = {}
         self._labels: dict[str, np.ndarray] = {}
         self._ids: dict[str, list[str]] = {}
@@ -83,39 +94,13 @@ class CUBDataModule(_FileDataModule):
     name = "cub"
     URL = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
     FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
+    #: an official test split
+    FIXED_ARGS: ClassVar[Mapping[str, Any]] = {**_FileDataModule.FIXED_ARGS, "test_fraction": 0.0}
 
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        split_seed: int | None = None,
-        image_size: int = 224,
-        normalize: str = "imagenet",
-        augment: bool = True,
-        train_fraction: float = 1.0,
-        min_scale: float = 0.35,
-        flip: bool = True,
-    ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            split_seed=split_seed,
-            image_size=image_size,
-            normalize=normalize,
-            augment=augment,
-            train_fraction=train_fraction,
-            min_scale=min_scale,
-            flip=flip,
-        )
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.data_dir = self.root / "CUB_200_2011"
         self._check_data()
-        self._init_files()
         self._read_metadata()
 
     def _check_data(self) -> None:
@@ -181,40 +166,10 @@ class Flowers17DataModule(_FileDataModule):
     ]
     IMAGES_PER_CLASS = 80
 
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.2,
-        seed: int = 0,
-        split_seed: int | None = None,
-        image_size: int = 224,
-        normalize: str = "imagenet",
-        augment: bool = True,
-        train_fraction: float = 1.0,
-        min_scale: float = 0.35,
-        flip: bool = True,
-    ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            split_seed=split_seed,
-            image_size=image_size,
-            normalize=normalize,
-            augment=augment,
-            train_fraction=train_fraction,
-            min_scale=min_scale,
-            flip=flip,
-        )
+    def __init__(self, *, val_fraction: float = 0.2, test_fraction: float = 0.2, **kwargs: Any) -> None:
+        super().__init__(val_fraction=val_fraction, test_fraction=test_fraction, **kwargs)
         self.data_dir = self.root / "flowers17" / "jpg"
         self._check_data()
-        self._init_files()
         self.num_classes = len(self.CLASSES)
         self.class_names = list(self.CLASSES)
         files = sorted(self.data_dir.glob("image_*.jpg"))
@@ -252,48 +207,18 @@ class DTDDataModule(_FileDataModule):
 
     name = "dtd"
     URL = "https://www.robots.ox.ac.uk/~vgg/data/dtd/"
+    #: RGB images (torchvision can download the release)
+    FIXED_ARGS: ClassVar[Mapping[str, Any]] = {"channels": None}
 
     def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.2,
-        seed: int = 0,
-        split_seed: int | None = None,
-        image_size: int = 224,
-        normalize: str = "imagenet",
-        augment: bool = True,
-        train_fraction: float = 1.0,
-        partition: int | None = None,
-        download: bool = False,
-        min_scale: float = 0.35,
-        flip: bool = True,
+        self, *, val_fraction: float = 0.2, test_fraction: float = 0.2, partition: int | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            split_seed=split_seed,
-            image_size=image_size,
-            normalize=normalize,
-            augment=augment,
-            train_fraction=train_fraction,
-            download=download,
-            min_scale=min_scale,
-            flip=flip,
-        )
-        if partition is not None and not 1 <= int(partition) <= 10:
-            raise ValueError(f"partition must be None or in 1..10, got {partition}")
+        super().__init__(val_fraction=val_fraction, test_fraction=test_fraction, **kwargs)
+        raise_first(self.check_args(partition=partition))
         self.partition = None if partition is None else int(partition)
-        if download and self._find_dir() is None:
+        if self.download and self._find_dir() is None:
             self._download_data()
         self._check_data()
-        self._init_files()
         self.data_dir: Path = self._find_dir()  # type: ignore[assignment]
         classes, paths, labels = scan_class_folders(self.data_dir / "images")
         self.num_classes = len(classes)
@@ -318,6 +243,11 @@ class DTDDataModule(_FileDataModule):
                 self._files[source] = [self.data_dir / "images" / r for r in rel]
                 self._labels[source] = np.asarray([index[r.split("/")[0]] for r in rel], dtype=np.int64)
                 self._ids[source] = rel
+
+    @classmethod
+    def check_args(cls, **kwargs: Any) -> list[ArgumentError]:
+        own = check_rules({"partition": functools.partial(number, low=1, high=10, optional=True)}, kwargs)
+        return [*own, *super().check_args(**kwargs)]
 
     def _find_dir(self) -> Path | None:
         for cand in (self.root / "dtd", self.root / "dtd" / "dtd"):
@@ -354,46 +284,23 @@ class ImageFolderDataModule(_FileDataModule):
     Args:
         root: the dataset folder itself (required; not a data root).
         name: name used in ``describe()`` and results.
-        Other arguments as in :class:`ClassificationDataModule`.
+        Other arguments as in :class:`~hybridpool.data.base.ClassificationDataModule` but ``channels`` and
+        ``download``.
     """
 
     def __init__(
         self,
         root: str,
         name: str = "imagefolder",
-        batch_size: int = 32,
-        num_workers: int = 0,
+        *,
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
-        seed: int = 0,
-        split_seed: int | None = None,
-        image_size: int = 224,
-        normalize: str = "imagenet",
-        augment: bool = True,
-        train_fraction: float = 1.0,
-        min_scale: float = 0.35,
-        flip: bool = True,
+        **kwargs: Any,
     ) -> None:
-        if root is None or str(root) == "":
-            raise ValueError("ImageFolderDataModule needs root=<path to the dataset folder> (config key data.root)")
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            split_seed=split_seed,
-            image_size=image_size,
-            normalize=normalize,
-            augment=augment,
-            train_fraction=train_fraction,
-            min_scale=min_scale,
-            flip=flip,
-        )
+        raise_first(self.check_args(root=root))
+        super().__init__(root=root, val_fraction=val_fraction, test_fraction=test_fraction, **kwargs)
         self.name = name
         self._check_data()
-        self._init_files()
         if (self.root / "train").is_dir() and (self.root / "test").is_dir():
             sources = [s for s in ("train", "val", "test") if (self.root / s).is_dir()]
             classes, _, _ = scan_class_folders(self.root / "train")
@@ -421,6 +328,13 @@ class ImageFolderDataModule(_FileDataModule):
             )
         self.num_classes = len(classes)
         self.class_names = classes
+
+    @classmethod
+    def check_args(cls, **kwargs: Any) -> list[ArgumentError]:
+        root = kwargs.get("root", "")
+        missing = "root" in kwargs and (root is None or str(root) == "")
+        own = [ArgumentError("root", root, "the path of the dataset folder (config key data.root)")] if missing else []
+        return [*own, *super().check_args(**kwargs)]
 
     def _check_data(self) -> None:
         if not self.root.is_dir():

@@ -23,14 +23,17 @@ Same seed -> bitwise identical arrays; train / val / test use distinct derived s
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hybridpool.arguments import ArgumentError, check_rules, number, one_of, raise_first
 from hybridpool.data.base import ClassificationDataModule
-from hybridpool.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZE_CHOICES
+from hybridpool.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "DEFAULT_NOISE",
@@ -49,6 +52,13 @@ DEFAULT_NOISE: dict[str, float] = {"texture": 1.0, "detail": 0.6, "finegrained":
 TEXTURE_MAJORITY = 0.4
 _TASK_IDS = {t: i for i, t in enumerate(TASKS)}
 _STREAMS = {"train": 0, "val": 1, "test": 2}
+#: the range of each argument of SyntheticDataModule's own that has one (make_synthetic checks the task's)
+_RULES = {
+    "task": functools.partial(one_of, choices=TASKS),
+    "num_train": functools.partial(number, low=1),
+    "num_val": functools.partial(number, low=1),
+    "num_test": functools.partial(number, low=1),
+}
 
 
 def _motif(rows: list[str]) -> np.ndarray:
@@ -311,7 +321,8 @@ class SyntheticDataModule(ClassificationDataModule):
         noise: white-noise standard deviation (``None``: the task's default).
         seed: run seed (loader shuffle; also the data seed unless ``split_seed`` is given).
         split_seed: seed of the generated data (``None`` -> ``seed``).
-        batch_size, num_workers: loader settings.
+        batch_size, num_workers: loader settings (and the other arguments of
+            :class:`~hybridpool.data.base.ClassificationDataModule` but those in ``FIXED_ARGS``).
         normalize: ``"none"`` (default; the data is already roughly zero-mean), ``"dataset"`` (train-split
             per-channel mean/std) or ``"imagenet"`` (3 channels only).
         augment: random circular shifts of up to ``image_size // 8`` pixels (class-preserving for all tasks).
@@ -319,6 +330,16 @@ class SyntheticDataModule(ClassificationDataModule):
     """
 
     TASKS: ClassVar[tuple[str, ...]] = TASKS
+    #: generated in memory: no files, no official split, its own channels and augmentation
+    FIXED_ARGS: ClassVar[Mapping[str, Any]] = {
+        "root": None,
+        "val_fraction": 0.0,
+        "test_fraction": 0.0,
+        "channels": None,
+        "download": False,
+        "min_scale": 0.35,
+        "flip": True,
+    }
 
     def __init__(
         self,
@@ -330,33 +351,18 @@ class SyntheticDataModule(ClassificationDataModule):
         channels: int = 3,
         num_classes: int = 4,
         noise: float | None = None,
-        seed: int = 0,
-        split_seed: int | None = None,
+        *,
         batch_size: int = 128,
-        num_workers: int = 0,
         normalize: str = "none",
         augment: bool = False,
-        train_fraction: float = 1.0,
+        **kwargs: Any,
     ) -> None:
-        if task not in TASKS:
-            raise ValueError(f"unknown synthetic task {task!r}; known: {list(TASKS)}")
-        if normalize not in NORMALIZE_CHOICES:
-            raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
-        if normalize == "imagenet" and channels != 3:
-            raise ValueError(f"normalize='imagenet' needs channels=3, got channels={channels}")
-        if min(num_train, num_val, num_test) < 1:
-            raise ValueError(f"num_train, num_val, num_test must be >= 1, got {num_train}, {num_val}, {num_test}")
+        own = {"task": task, "num_train": num_train, "num_val": num_val, "num_test": num_test, "channels": channels}
+        raise_first(self.check_args(**own, normalize=normalize))
         super().__init__(
-            root=None,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=0.0,
-            seed=seed,
-            split_seed=split_seed,
-            image_size=image_size,
-            normalize=normalize,
-            augment=augment,
-            train_fraction=train_fraction,
+            **self._base_args(
+                image_size=image_size, batch_size=batch_size, normalize=normalize, augment=augment, **kwargs
+            )
         )
         self.root = None  # type: ignore[assignment]
         self.task = task
@@ -370,6 +376,14 @@ class SyntheticDataModule(ClassificationDataModule):
         # validate the task parameters now (cheap), not at setup
         make_synthetic(task, 0, self.num_classes, self.image_size, self.channels, self.noise)  # type: ignore[arg-type]
         self._data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def check_args(cls, **kwargs: Any) -> list[ArgumentError]:
+        own = check_rules(_RULES, kwargs)
+        channels = kwargs.get("channels", 3)
+        if kwargs.get("normalize") == "imagenet" and channels != 3:
+            own.append(ArgumentError("normalize", "imagenet", f"'none' or 'dataset' with channels={channels}"))
+        return [*own, *super().check_args(**kwargs)]
 
     def _load_sources(self) -> dict[str, np.ndarray]:
         for split, n in self.sizes.items():

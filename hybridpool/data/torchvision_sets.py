@@ -7,14 +7,17 @@ read-only copy of the raw files suffices.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from hybridpool.arguments import ArgumentError, check_rules, one_of, raise_first
 from hybridpool.data.base import ClassificationDataModule, Transform
 from hybridpool.data.datasets import ArrayImageDataset, TransformedDataset
 from hybridpool.data.errors import DatasetNotFoundError
@@ -47,15 +50,37 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.array(arr.reshape(shape), dtype=arr.dtype.newbyteorder("="))  # a writable, native copy
 
 
-class FashionMNISTDataModule(ClassificationDataModule):
+class _SmallImageDataModule(ClassificationDataModule):
+    """Small images held in memory (Fashion-MNIST, CIFAR), with an official train/test split; validation is a
+    stratified ``val_fraction`` of the official training set.
+
+    Args:
+        crop_padding: zero padding (pixels) around the image for the random training crop.
+        Other arguments as in :class:`~hybridpool.data.base.ClassificationDataModule`.
+    """
+
+    family = "small"
+    #: the official test split; the crops are not scaled (no ``min_scale``)
+    FIXED_ARGS: ClassVar[Mapping[str, Any]] = {"test_fraction": 0.0, "min_scale": 0.35}
+
+    def __init__(
+        self, *, batch_size: int = 128, normalize: str = "dataset", crop_padding: int = 4, **kwargs: Any
+    ) -> None:
+        super().__init__(**self._base_args(batch_size=batch_size, normalize=normalize, **kwargs))
+        self.crop_padding = int(crop_padding)
+
+    def _describe_extra(self) -> dict[str, Any]:
+        return {"crop_padding": self.crop_padding}
+
+
+class FashionMNISTDataModule(_SmallImageDataModule):
     """Fashion-MNIST (10 classes, 60k train + 10k test, 28x28 grey) from ``<root>/FashionMNIST/raw``.
 
-    Validation is a stratified ``val_fraction`` of the official training set. Batches:
-    ``(B, C, image_size, image_size)`` with ``C = channels or 1``.
+    Batches: ``(B, C, image_size, image_size)`` with ``C = channels or 1``. Arguments as in
+    :class:`~hybridpool.data.base.ClassificationDataModule`, plus ``crop_padding``.
     """
 
     name = "fashion_mnist"
-    family = "small"
     native_size = 28
     DATASET_STATS = ((0.2860,), (0.3530,))
     CLASSES: ClassVar[list[str]] = [
@@ -75,45 +100,14 @@ class FashionMNISTDataModule(ClassificationDataModule):
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
     }
 
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        split_seed: int | None = None,
-        image_size: int = 28,
-        channels: int | None = None,
-        normalize: str = "dataset",
-        augment: bool = True,
-        crop_padding: int = 2,
-        flip: bool = True,
-        train_fraction: float = 1.0,
-        download: bool = False,
-    ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            split_seed=split_seed,
-            image_size=image_size,
-            normalize=normalize,
-            augment=augment,
-            train_fraction=train_fraction,
-            channels=channels,
-            download=download,
-            flip=flip,
-        )
-        self.crop_padding = int(crop_padding)
-        self.in_channels = 1 if channels is None else int(channels)
+    def __init__(self, *, image_size: int = 28, crop_padding: int = 2, **kwargs: Any) -> None:
+        super().__init__(image_size=image_size, crop_padding=crop_padding, **kwargs)
+        self.in_channels = 1 if self.channels is None else self.channels
         self.num_classes = 10
         self.class_names = list(self.CLASSES)
         self.raw_dir = self.root / "FashionMNIST" / "raw"
         self._images: dict[str, np.ndarray] = {}
-        if not download:
+        if not self.download:
             self._check_data()
 
     def _file(self, stem: str) -> Path | None:
@@ -155,59 +149,28 @@ class FashionMNISTDataModule(ClassificationDataModule):
             self._images[source] = read_idx(self._file(self.FILES[source][0]))  # type: ignore[arg-type]
         return ArrayImageDataset(self._images[source], self.sources()[source], transform)
 
-    def _describe_extra(self) -> dict[str, Any]:
-        return {"crop_padding": self.crop_padding}
 
-
-class CIFAR10DataModule(ClassificationDataModule):
+class CIFAR10DataModule(_SmallImageDataModule):
     """CIFAR-10 (``<root>/cifar-10-batches-py``, torchvision layout): 50k train + 10k test, 32x32 RGB.
 
-    Validation is a stratified ``val_fraction`` of the official training set.
+    Arguments as in :class:`~hybridpool.data.base.ClassificationDataModule` (but ``channels``), plus
+    ``crop_padding``.
     """
 
     name = "cifar10"
-    family = "small"
     native_size = 32
     DATASET_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
     NUM_CLASSES: ClassVar[int] = 10
     FOLDER: ClassVar[str] = "cifar-10-batches-py"
     URL: ClassVar[str] = "https://www.cs.toronto.edu/~kriz/cifar.html"
     TV_CLASS: ClassVar[str] = "CIFAR10"
+    FIXED_ARGS: ClassVar[Mapping[str, Any]] = {**_SmallImageDataModule.FIXED_ARGS, "channels": None}
 
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        split_seed: int | None = None,
-        image_size: int = 32,
-        normalize: str = "dataset",
-        augment: bool = True,
-        crop_padding: int = 4,
-        flip: bool = True,
-        train_fraction: float = 1.0,
-        download: bool = False,
-    ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            split_seed=split_seed,
-            image_size=image_size,
-            normalize=normalize,
-            augment=augment,
-            train_fraction=train_fraction,
-            download=download,
-            flip=flip,
-        )
-        self.crop_padding = int(crop_padding)
+    def __init__(self, *, image_size: int = 32, **kwargs: Any) -> None:
+        super().__init__(image_size=image_size, **kwargs)
         self.num_classes = self.NUM_CLASSES
         self._tv: dict[str, Any] = {}
-        if not download:
+        if not self.download:
             self._check_data()
 
     def _check_data(self) -> None:
@@ -247,9 +210,6 @@ class CIFAR10DataModule(ClassificationDataModule):
         self.sources()
         return ArrayImageDataset(self._tv[source].data, self._tv[source].targets, transform)
 
-    def _describe_extra(self) -> dict[str, Any]:
-        return {"crop_padding": self.crop_padding}
-
 
 class CIFAR100DataModule(CIFAR10DataModule):
     """CIFAR-100 (``<root>/cifar-100-python``, torchvision layout), 100 fine classes."""
@@ -272,7 +232,11 @@ def _targets(ds: Any) -> np.ndarray:
 
 
 class _TorchvisionNaturalDataModule(ClassificationDataModule):
-    """Natural-image datasets read through a torchvision wrapper (PIL images, official splits)."""
+    """Natural-image datasets read through a torchvision wrapper (PIL images, official splits).
+
+    Arguments as in :class:`~hybridpool.data.base.ClassificationDataModule` but ``test_fraction`` and ``channels``
+    (and those a dataset's ``FIXED_ARGS`` names).
+    """
 
     TV_CLASS: ClassVar[str]
     FOLDER: ClassVar[str]
@@ -282,41 +246,14 @@ class _TorchvisionNaturalDataModule(ClassificationDataModule):
     #: our source name -> torchvision ``split`` argument
     SPLIT_MAP: ClassVar[dict[str, str]]
     CAN_DOWNLOAD: ClassVar[bool] = True
+    #: an official test split; RGB images
+    FIXED_ARGS: ClassVar[Mapping[str, Any]] = {"test_fraction": 0.0, "channels": None}
 
-    def __init__(
-        self,
-        root: str | None,
-        batch_size: int,
-        num_workers: int,
-        val_fraction: float,
-        seed: int,
-        split_seed: int | None,
-        image_size: int,
-        normalize: str,
-        augment: bool,
-        train_fraction: float,
-        download: bool,
-        min_scale: float,
-        flip: bool,
-    ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            seed=seed,
-            split_seed=split_seed,
-            image_size=image_size,
-            normalize=normalize,
-            augment=augment,
-            train_fraction=train_fraction,
-            download=download,
-            min_scale=min_scale,
-            flip=flip,
-        )
+    def __init__(self, *, batch_size: int = 32, **kwargs: Any) -> None:
+        super().__init__(**self._base_args(batch_size=batch_size, **kwargs))
         self.num_classes = self.NUM_CLASSES
         self._tv: dict[str, Any] = {}
-        if not download:
+        if not self.download:
             self._check_data()
 
     def _hint(self) -> str:
@@ -378,37 +315,8 @@ class Flowers102DataModule(_TorchvisionNaturalDataModule):
     URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
     NUM_CLASSES = 102
     SPLIT_MAP: ClassVar[dict[str, str]] = {"train": "train", "val": "val", "test": "test"}
-
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-        split_seed: int | None = None,
-        image_size: int = 224,
-        normalize: str = "imagenet",
-        augment: bool = True,
-        train_fraction: float = 1.0,
-        download: bool = False,
-        min_scale: float = 0.35,
-        flip: bool = True,
-    ) -> None:
-        super().__init__(
-            root,
-            batch_size,
-            num_workers,
-            0.0,
-            seed,
-            split_seed,
-            image_size,
-            normalize,
-            augment,
-            train_fraction,
-            download,
-            min_scale,
-            flip,
-        )
+    #: an official validation split too
+    FIXED_ARGS: ClassVar[Mapping[str, Any]] = {**_TorchvisionNaturalDataModule.FIXED_ARGS, "val_fraction": 0.0}
 
 
 class AircraftDataModule(_TorchvisionNaturalDataModule):
@@ -423,42 +331,19 @@ class AircraftDataModule(_TorchvisionNaturalDataModule):
     NUM_CLASSES = 100
     SPLIT_MAP: ClassVar[dict[str, str]] = {"train": "train", "val": "val", "test": "test"}
     LEVELS: ClassVar[dict[str, int]] = {"variant": 100, "family": 70, "manufacturer": 30}
+    #: an official validation split too
+    FIXED_ARGS: ClassVar[Mapping[str, Any]] = {**_TorchvisionNaturalDataModule.FIXED_ARGS, "val_fraction": 0.0}
 
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-        split_seed: int | None = None,
-        image_size: int = 224,
-        normalize: str = "imagenet",
-        augment: bool = True,
-        train_fraction: float = 1.0,
-        download: bool = False,
-        min_scale: float = 0.35,
-        flip: bool = True,
-        annotation_level: str = "variant",
-    ) -> None:
-        if annotation_level not in self.LEVELS:
-            raise ValueError(f"annotation_level must be one of {list(self.LEVELS)}, got {annotation_level!r}")
+    def __init__(self, *, annotation_level: str = "variant", **kwargs: Any) -> None:
+        raise_first(self.check_args(annotation_level=annotation_level))
         self.annotation_level = annotation_level
-        super().__init__(
-            root,
-            batch_size,
-            num_workers,
-            0.0,
-            seed,
-            split_seed,
-            image_size,
-            normalize,
-            augment,
-            train_fraction,
-            download,
-            min_scale,
-            flip,
-        )
+        super().__init__(**kwargs)
         self.num_classes = self.LEVELS[annotation_level]
+
+    @classmethod
+    def check_args(cls, **kwargs: Any) -> list[ArgumentError]:
+        own = check_rules({"annotation_level": functools.partial(one_of, choices=tuple(cls.LEVELS))}, kwargs)
+        return [*own, *super().check_args(**kwargs)]
 
     def _tv_kwargs(self) -> dict[str, Any]:
         return {"annotation_level": self.annotation_level}
@@ -479,37 +364,7 @@ class CarsDataModule(_TorchvisionNaturalDataModule):
     NUM_CLASSES = 196
     SPLIT_MAP: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
     CAN_DOWNLOAD = False
-
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        split_seed: int | None = None,
-        image_size: int = 224,
-        normalize: str = "imagenet",
-        augment: bool = True,
-        train_fraction: float = 1.0,
-        min_scale: float = 0.35,
-        flip: bool = True,
-    ) -> None:
-        super().__init__(
-            root,
-            batch_size,
-            num_workers,
-            val_fraction,
-            seed,
-            split_seed,
-            image_size,
-            normalize,
-            augment,
-            train_fraction,
-            False,
-            min_scale,
-            flip,
-        )
+    FIXED_ARGS: ClassVar[Mapping[str, Any]] = {**_TorchvisionNaturalDataModule.FIXED_ARGS, "download": False}
 
 
 class PetsDataModule(_TorchvisionNaturalDataModule):
@@ -523,35 +378,3 @@ class PetsDataModule(_TorchvisionNaturalDataModule):
     URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
     NUM_CLASSES = 37
     SPLIT_MAP: ClassVar[dict[str, str]] = {"train": "trainval", "test": "test"}
-
-    def __init__(
-        self,
-        root: str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        split_seed: int | None = None,
-        image_size: int = 224,
-        normalize: str = "imagenet",
-        augment: bool = True,
-        train_fraction: float = 1.0,
-        download: bool = False,
-        min_scale: float = 0.35,
-        flip: bool = True,
-    ) -> None:
-        super().__init__(
-            root,
-            batch_size,
-            num_workers,
-            val_fraction,
-            seed,
-            split_seed,
-            image_size,
-            normalize,
-            augment,
-            train_fraction,
-            download,
-            min_scale,
-            flip,
-        )

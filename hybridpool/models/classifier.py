@@ -20,8 +20,9 @@ def build_pool(pool: PoolLike, channels: int) -> nn.Module:
     """A pooling layer for ``channels`` input channels from a module, a factory or a ``create_pool`` spec.
 
     Args:
-        pool: an ``nn.Module`` (used as is), a callable taking ``channels=`` (a Hydra ``_partial_`` of a
-            pooling class), or a spec string for :func:`hybridpool.pooling.create_pool` such as ``"gem"``
+        pool: an ``nn.Module`` (used as is), a callable taking ``channels=`` (a
+            :class:`~hybridpool.pooling.PoolFactory`, what ``conf/pool/`` builds, or a partial of a pooling
+            class), or a spec string for :func:`hybridpool.pooling.create_pool` such as ``"gem"``
             or ``"hybrid(avg,max,gem,attn)"`` (an unknown name raises ``ValueError`` listing the known ones).
         channels: ``C`` of the ``(B, C, H, W)`` feature map the pool receives.
     """

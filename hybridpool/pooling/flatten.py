@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from einops import rearrange
 
 from ._base import PoolBase
 
@@ -79,7 +80,7 @@ class Flatten(PoolBase):
                 f"(input shape {tuple(x.shape)} as (B, C, H, W)); set spatial_size=({h}, {w}) "
                 f"(pool.spatial_size=[{h},{w}]) or feed images of the size it was built for"
             )
-        return x.reshape(x.shape[0], -1), {}  # reshape copies a channels_last view into NCHW order
+        return rearrange(x, "b c h w -> b (c h w)"), {}  # a reshape: copies a channels_last view into NCHW order
 
     def extra_repr(self) -> str:
         return ", ".join(s for s in (super().extra_repr(), f"spatial_size={self.spatial_size}") if s)

@@ -14,24 +14,26 @@ from typing import Any
 
 import numpy as np
 
-from hybridpool.report.runs import COMPLETED, Cell, Study
+from hybridpool.report.runs import COMPLETED, Cell, Study, pool_key
 from hybridpool.report.stats import MeanCI, PairedComparison, holm, mean_ci, paired_comparison
 
 __all__ = ["Analysis", "CellSummary", "Comparison", "analyse", "cell_order", "cost_rows", "pool_internals", "pool_name"]
 
+#: display names, keyed by the canonical pool spec (:mod:`hybridpool.pooling.factory`), in the tables' order
 POOL_NAMES = {
     "avg": "GAP",
     "max": "GMP",
     "gem": "GeM",
-    "gem_channel": "GeM (per-channel $p$)",
+    "gem(per_channel=true)": "GeM (per-channel $p$)",
     "lse": "LSE",
+    "lse(per_channel=true)": "LSE (per-channel $r$)",
     "kmax": "$k$-max",
     "attn": "Attention",
     "qattn": "Query attention",
-    "hybrid_scalar": "Hybrid (scalar)",
-    "hybrid_channel": "Hybrid (channel)",
-    "hybrid_gate": "Hybrid (gate)",
-    "hybrid_concat": "Hybrid (concat)",
+    "hybrid": "Hybrid (scalar)",
+    "hybrid(mixing=channel)": "Hybrid (channel)",
+    "hybrid(mixing=gate)": "Hybrid (gate)",
+    "hybrid(mixing=concat)": "Hybrid (concat)",
     "flatten": "Flatten + FC",
 }
 
@@ -46,10 +48,11 @@ def cell_order(cell: Cell, baseline: str) -> tuple:
 
 
 def pool_name(pool: str, latex: bool = False) -> str:
-    """Display name of a pool config name (``avg`` -> ``GAP``); LaTeX math only when ``latex``."""
-    name = POOL_NAMES.get(pool, pool)
+    """Display name of a pool spec (``avg`` -> ``GAP``, ``hybrid(mixing=gate)`` -> ``Hybrid (gate)``; an old conf
+    name such as ``hybrid_gate`` too); an unknown spec is shown as it is. LaTeX math only when ``latex``."""
+    name = POOL_NAMES.get(pool_key(pool), pool)
     if not latex:
-        name = name.replace("$k$", "k").replace("$p$", "p")
+        name = name.replace("$k$", "k").replace("$p$", "p").replace("$r$", "r")
     return name
 
 
@@ -137,8 +140,9 @@ def analyse(study: Study, metric: str = "test/acc", baseline: str = "avg", level
     """Per-cell means and CIs of ``metric``; each non-baseline cell against the ``baseline`` pool, paired by seed.
 
     Holm's correction runs over the comparisons of one block (task x dataset x backbone), separately for the
-    t-test and the signed-rank test.
+    t-test and the signed-rank test. ``baseline``: a pool spec (or an old conf name, see :func:`.runs.pool_key`).
     """
+    baseline = pool_key(baseline)
     summaries = []
     for c in study.cells:
         values = c.completed(metric)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybridpool.report.analysis import pool_name
-from hybridpool.report.runs import MISSING, Cell
+from hybridpool.report.runs import MISSING, Cell, pool_key
 
 __all__ = ["CLAIMS", "DEFAULT_ARMS", "Best", "Claim", "Contrast", "S", "Sel", "Trend", "cell_label", "seed_values"]
 
@@ -95,7 +95,7 @@ def _short(key: str) -> str:
 
 @dataclass(frozen=True)
 class Sel:
-    """A cell of a block: ``pool`` with the arm values ``arms`` (``((config key, value), ...)``).
+    """A cell of a block: ``pool`` (a pool spec) with the arm values ``arms`` (``((config key, value), ...)``).
 
     Keys not named take any value when one cell matches; when several match, the one at :data:`DEFAULT_ARMS`
     (or without the key) is taken, and a selector that still matches several cells tests nothing (ambiguous).
@@ -133,8 +133,9 @@ class Sel:
 
 
 def S(pool: str, arms: Mapping[str, Any] | None = None) -> Sel:
-    """``S("gem", {"pool.p": 2.0, "pool.learn_p": False})``: a :class:`Sel` from a dict."""
-    return Sel(pool, tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in (arms or {}).items()))
+    """``S("gem", {"pool.p": 2.0, "pool.learn_p": False})``: a :class:`Sel` from a pool spec (or an old conf name)
+    and a dict."""
+    return Sel(pool_key(pool), tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in (arms or {}).items()))
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ class Claim:
 
 FG = ("study_fg",)
 SINGLE = tuple(S(p) for p in ("avg", "max", "gem", "lse", "kmax", "attn", "qattn"))
-HYBRID = tuple(S(p) for p in ("hybrid_scalar", "hybrid_channel", "hybrid_gate", "hybrid_concat"))
+HYBRID = tuple(S(p) for p in ("hybrid", "hybrid(mixing=channel)", "hybrid(mixing=gate)", "hybrid(mixing=concat)"))
 TWO_BRANCH = {"pool.branches": ["avg", "max"]}
 FIXED_P = {"pool.learn_p": False}
 
@@ -255,7 +256,7 @@ CLAIMS: tuple[Claim, ...] = (
         "A richer mixing mode earns its parameters (beats scalar mixing)",
         "this study",
         ("study_fg", "study_synth", "study_fashion"),
-        (Contrast(Best(HYBRID[1:], "best non-scalar hybrid"), S("hybrid_scalar")),),
+        (Contrast(Best(HYBRID[1:], "best non-scalar hybrid"), S("hybrid")),),
         tables=("modes",),
     ),
     Claim(
@@ -290,7 +291,7 @@ CLAIMS: tuple[Claim, ...] = (
         "GAP loses fine detail (max, attention and hybrid pooling beat it on detail tasks)",
         "this study",
         ("study_synth/synth_detail", "study_synth/synth_finegrained", "study_fg"),
-        tuple(Contrast(S(p), S("avg")) for p in ("max", "attn", "hybrid_scalar")),
+        tuple(Contrast(S(p), S("avg")) for p in ("max", "attn", "hybrid")),
     ),
     Claim(
         "Q4a",
@@ -316,8 +317,8 @@ CLAIMS: tuple[Claim, ...] = (
         FG,
         (
             Contrast(
-                S("hybrid_scalar", {**TWO_BRANCH, "module.pool_schedule": "freeze_and_train"}),
-                S("hybrid_scalar", {**TWO_BRANCH, "module.pool_schedule": "joint"}),
+                S("hybrid", {**TWO_BRANCH, "module.pool_schedule": "freeze_and_train"}),
+                S("hybrid", {**TWO_BRANCH, "module.pool_schedule": "joint"}),
             ),
         ),
     ),
@@ -328,7 +329,7 @@ CLAIMS: tuple[Claim, ...] = (
         FG,
         tuple(
             Contrast(S(p, {"model.post_bn": True}), S(p, {"model.post_bn": False}))
-            for p in ("avg", "max", "gem", "hybrid_scalar")
+            for p in ("avg", "max", "gem", "hybrid")
         ),
     ),
     Claim(

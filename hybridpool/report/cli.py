@@ -187,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="*", help="run folders, sweep folders or results.json files (searched recursively)")
     p.add_argument("--out", required=True, help="folder to write the report into (created)")
-    p.add_argument("--baseline", default="avg", help="pool the others are compared with (default: avg = GAP)")
+    p.add_argument(
+        "--baseline",
+        default="avg",
+        help="pool spec the others are compared with (default: avg = GAP; old conf names such as hybrid_scalar work)",
+    )
     p.add_argument("--metric", default="test/acc", help="final metric to compare (default: test/acc)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read the runs of this W&B project (online)")

@@ -8,6 +8,11 @@ Sources (all give :class:`Run` objects of the same shape):
   (``wandb leet inspect --json``), for runs that have no ``results.json`` (a run whose record was lost).
 - Online W&B projects through ``wandb.Api()`` (:func:`read_wandb_project`).
 
+A run's *pool* is its canonical pool spec (:mod:`hybridpool.pooling.factory`: ``avg``, ``gem(per_channel=true)``,
+``hybrid(mixing=channel)``...), read from the record's ``pool.spec`` field; records written before that field (the
+committed ``paper/results``) are named from their ``pool:<conf name>`` tag through :data:`LEGACY_POOL_NAMES`
+(:func:`pool_key`), so old and new records of the same pool land in the same cell.
+
 A *cell* is one arm of the study: task (experiment) x dataset x backbone x pool, plus every other config
 key that varies between runs of the same task/dataset/backbone/pool (train fraction, post-pool BatchNorm, training
 schedule, epochs, ...), found from the configs themselves, so a new arm needs no change here. The seeds of a cell
@@ -31,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybridpool.records import RESULTS_FILE
+
 __all__ = [
     "BASE_FACTORS",
     "Cell",
@@ -41,13 +48,13 @@ __all__ = [
     "flatten_config",
     "group_runs",
     "load_runs",
+    "pool_key",
     "read_metrics_csv",
     "read_wandb_offline",
     "read_wandb_project",
     "run_from_record",
 ]
 
-RESULTS_FILE = "results.json"
 COMPLETED = "completed"
 BASE_FACTORS = ("task", "data", "backbone", "pool")
 # config keys that never define an arm: per-run bookkeeping, output locations and seeds
@@ -60,8 +67,33 @@ IGNORED_KEYS = {
     "task_name",
     "optimized_metric",
     "config_hash",
+    # how the pool node is built, not which pool it is (the pool identity says that): old records name a class,
+    # new ones hybridpool.pooling.pool_factory with a spec
+    "pool._target_",
+    "pool._partial_",
+    "pool.spec",
 }
 MISSING = "-"
+#: the ``pool:`` tags of records written before the ``pool`` field (conf/pool/ file names) -> canonical pool specs
+LEGACY_POOL_NAMES = {
+    "hybrid_scalar": "hybrid",
+    "hybrid_channel": "hybrid(mixing=channel)",
+    "hybrid_gate": "hybrid(mixing=gate)",
+    "hybrid_concat": "hybrid(mixing=concat)",
+    "gem_channel": "gem(per_channel=true)",
+}
+#: layer classes of the ``_target_`` of old records' pool nodes -> registry names
+LEGACY_POOL_CLASSES = {
+    "GlobalAvgPool": "avg",
+    "GlobalMaxPool": "max",
+    "GeM": "gem",
+    "LSEPool": "lse",
+    "KMaxPool": "kmax",
+    "AttentionPool": "attn",
+    "QueryAttentionPool": "qattn",
+    "Flatten": "flatten",
+    "HybridPool": "hybrid",
+}
 
 
 # ============================================================================================ runs
@@ -74,8 +106,9 @@ class Run:
         run_dir: the run's folder, when there is one.
         status: ``completed`` | ``failed`` | ``interrupted`` | ``running`` (never finished, or still running).
         seed: the run's seed (``None`` if the record has none).
-        task, data, backbone, pool, mixing: the names that identify the arm (from the W&B-style tags the training
-            writes, ``pool:avg``, ``data:cub``..., falling back to the config).
+        task, data, backbone, pool, mixing: the names that identify the arm: ``pool`` is the canonical pool spec
+            (the record's ``pool.spec``, else :func:`pool_key` of the ``pool:`` tag, else from the config's pool
+            node); the others from the W&B-style tags the training writes (``data:cub``...), else the config.
         config: the resolved run config. flat: ``config`` flattened to ``"a.b.c": value`` leaves.
         metrics: final metrics (floats): ``test/acc``, ``val/acc``, ``train/acc``, ``pool/gem/p``... plus the
             derived ``gap/train-test`` (``train/acc - test/acc``; compare it with ``--metric gap/train-test``).
@@ -181,10 +214,40 @@ def _short_target(node: Any) -> str | None:
     return None
 
 
+def pool_key(name: str) -> str:
+    """A pool's canonical spec from a name a record or a user may give: a spec (kept) or an old conf/pool/ file name.
+
+    ``pool_key("hybrid_channel") == "hybrid(mixing=channel)"``, ``pool_key("gem") == "gem"``.
+    """
+    name = str(name).strip()
+    return LEGACY_POOL_NAMES.get(name, name)
+
+
+def _config_pool(node: Any) -> str | None:
+    """The canonical spec of a config's pool node: ``spec`` (new) or the ``_target_`` class (old records), with
+    its identity arguments (``mixing``, ``per_channel``); ``None`` without a node."""
+    if not isinstance(node, Mapping):
+        return None
+    spec = node.get("spec")
+    if not isinstance(spec, str):
+        target = _short_target(node)
+        spec = LEGACY_POOL_CLASSES.get(target or "")
+        if spec is None:
+            return target
+    try:  # the identity rule lives with the layers; the report needs torch only for configs without a record
+        from hybridpool.pooling.factory import IDENTITY_ARGS, canonical_spec, parse_spec
+
+        name, _ = parse_spec(spec)
+        return canonical_spec(spec, **{k: node[k] for k in IDENTITY_ARGS.get(name, ()) if k in node})
+    except (ImportError, TypeError, ValueError):
+        return spec
+
+
 def _identity(
-    tags: Sequence[str], config: Mapping[str, Any], data_desc: Any, model_desc: Any
+    tags: Sequence[str], config: Mapping[str, Any], data_desc: Any, model_desc: Any, pool_desc: Any = None
 ) -> tuple[str, str, str, str | None]:
-    """``(data, backbone, pool, mixing)`` names: the tags the training writes, else the config."""
+    """``(data, backbone, pool, mixing)`` names: the record's ``pool`` field and the tags the training writes, else
+    the config."""
     data = _tag(tags, "data")
     if data is None and isinstance(data_desc, Mapping):
         data = data_desc.get("name")
@@ -200,7 +263,10 @@ def _identity(
         backbone = _short_target((config.get("model") or {}).get("backbone")) or "unknown-backbone"
     pool_node = config.get("pool") or {}
     mixing = _tag(tags, "mixing") or (pool_node.get("mixing") if isinstance(pool_node, Mapping) else None)
-    pool = _tag(tags, "pool") or _short_target(pool_node) or "unknown-pool"
+    pool = pool_desc.get("spec") if isinstance(pool_desc, Mapping) else None
+    if not pool:
+        tag = _tag(tags, "pool")
+        pool = pool_key(tag) if tag else _config_pool(pool_node) or "unknown-pool"
     return str(data), str(backbone), str(pool), (str(mixing) if mixing else None)
 
 
@@ -242,7 +308,7 @@ def run_from_record(record: Mapping[str, Any], source: str, run_dir: Path | None
     """A :class:`Run` from the content of one ``results.json`` (see :mod:`hybridpool.records` for the schema)."""
     config = record.get("config") or {}
     tags = list(record.get("tags") or [])
-    data, backbone, pool, mixing = _identity(tags, config, record.get("data"), record.get("model"))
+    data, backbone, pool, mixing = _identity(tags, config, record.get("data"), record.get("model"), record.get("pool"))
     paths = record.get("paths") or {}
     root = paths.get("output_dir")
     metrics_csv = attention = None
@@ -586,7 +652,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """``pool`` plus its arm values, e.g. ``hybrid_scalar [post_bn=False]``."""
+        """``pool`` plus its arm values, e.g. ``hybrid [post_bn=False]``."""
         return f"{self.pool} [{self.arm_label}]" if self.arm_label else self.pool
 
     def completed(self, metric: str) -> dict[int, float]:

@@ -5,10 +5,14 @@ file (an experiment bundle, a user's own group file) or an appended ``+key=value
 inside a constructor, or never. :func:`validate_config` checks the whole config before anything is built:
 
 - every node with a ``_target_`` against the signature of the class or function it names (keys = constructor
-  arguments), recursively;
+  arguments), recursively; a ``hybridpool.pooling.pool_factory`` node (``conf/pool/``) against the constructor of
+  the layer its ``spec`` names, and an unknown spec lists the known ones;
 - the plain nodes (top level, ``paths``, ``features``, ``optim``, ``module``) against their known keys;
-- value ranges: positive learning rate, non-negative weight decay and multipliers, known schedule, dropout and
-  label smoothing in ``[0, 1)``, positive batch size and epochs, integer seed;
+- value ranges: those a class owns come from its construction-free ``check_args`` (the check its constructor
+  raises from: the datamodules' batch size, fractions, normalisation, ...; ClassificationModule's multipliers,
+  schedule, label smoothing, ...), for every ``_target_`` node that has one and for ``optim``/``module``; the
+  others here: positive learning rate, non-negative weight decay (the torch optimizer), dropout in ``[0, 1)``,
+  positive epochs and feature batch size, integer seed;
 - the study switches of ``module``: ``pool_schedule`` (``freeze_and_train`` needs a HybridPool with weighted
   mixing and a ``switch_epoch`` in ``[1, trainer.max_epochs)``), ``robustness`` (``{shift, grid}``, images only:
   not with the feature cache), and ``pool.spatial_size`` of ``pool=flatten`` when it is set.
@@ -25,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from hybridpool.arguments import accepted_arguments, number
 
 __all__ = ["GROUPS", "TOP_LEVEL_KEYS", "ConfigError", "validate_config"]
 
@@ -82,14 +88,71 @@ def _locate(target: str) -> Any:
 
 
 def _signature_keys(obj: Any) -> tuple[set[str], bool]:
-    """Parameter names of ``obj``'s constructor/call, and whether it also takes ``**kwargs``."""
+    """Parameter names of ``obj``'s constructor/call, and whether it also takes other keywords (``**kwargs``
+    that do not go to a base constructor, see :func:`hybridpool.arguments.accepted_arguments`)."""
+    names, var_kw = accepted_arguments(obj)
+    return set(names), var_kw
+
+
+def _check_arg_ranges(obj: Any, node: Mapping[str, Any], path: str, problems: list[str]) -> None:
+    """The range problems ``obj.check_args(**arguments)`` finds (a static- or classmethod of the class, the one
+    its constructor raises from), each at ``<path>.<argument>``. The arguments are the node's values over the
+    constructor's defaults; values not known yet (``???``) and nested ``_target_`` nodes are left out."""
+    if not isinstance(inspect.getattr_static(obj, "check_args", None), (staticmethod, classmethod)):
+        return
+    params, _ = accepted_arguments(obj)
+    args = {name: p.default for name, p in params.items() if p.default is not p.empty}
+    for key, value in node.items():
+        if key in HYDRA_KEYS or value == "???" or (isinstance(value, Mapping) and "_target_" in value):
+            args.pop(str(key), None)
+        else:
+            args[str(key)] = value
+    for err in obj.check_args(**args):
+        problems.append(err.at(_join(path, err.arg)))
+
+
+def _pool_spec_keys(obj: Any, node: Mapping[str, Any], path: str, problems: list[str]) -> set[str] | None:
+    """For a ``hybridpool.pooling.pool_factory`` node, the keys it takes: ``spec`` and the constructor arguments of
+    the layer its ``spec`` names (``None`` for any other target). An unknown or malformed spec, or an argument given
+    both in the spec and as a key, is a problem at ``<path>.spec``."""
+    from hybridpool.pooling import pool_config_keys, pool_factory
+
+    if obj is not pool_factory:
+        return None
+    spec = node.get("spec")
+    if spec is None:
+        problems.append(f"{_join(path, 'spec')}: missing; name the pool, e.g. spec: gem (see conf/pool/)")
+        return {str(k) for k in node}
     try:
-        sig = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return set(), True
-    names = {p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    return names, var_kw
+        keys = set(pool_config_keys(spec))
+    except (TypeError, ValueError) as err:
+        problems.append(f"{_join(path, 'spec')}: {err}")
+        return {str(k) for k in node}
+    if all(k in keys or k in HYDRA_KEYS for k in node):
+        try:
+            pool_factory(**{str(k): v for k, v in node.items() if k not in HYDRA_KEYS})
+        except (TypeError, ValueError) as err:
+            problems.append(f"{_join(path, 'spec')}: {err}")
+    return keys
+
+
+def _pool_layer(node: Mapping[str, Any]) -> tuple[type | None, Mapping[str, Any]]:
+    """The layer class a pool node builds and its constructor arguments (a ``pool_factory`` node: through its spec)."""
+    from hybridpool.pooling import pool_factory
+
+    if not node.get("_target_"):
+        return None, node
+    try:
+        obj = _locate(str(node.get("_target_")))
+    except Exception:
+        return None, node
+    if obj is pool_factory:
+        try:
+            factory = pool_factory(**{str(k): v for k, v in node.items() if k not in HYDRA_KEYS})
+        except (TypeError, ValueError):  # reported by _pool_spec_keys
+            return None, node
+        return factory.layer_class, factory.arguments
+    return (obj if isinstance(obj, type) else None), node
 
 
 def _check_targets(node: Any, path: str, problems: list[str]) -> None:
@@ -104,12 +167,17 @@ def _check_targets(node: Any, path: str, problems: list[str]) -> None:
                 obj = None
             if obj is not None:
                 names, var_kw = _signature_keys(obj)
+                where = str(target)
+                spec_keys = _pool_spec_keys(obj, node, path, problems)
+                if spec_keys is not None:  # a pool_factory node: the keys of its spec's layer
+                    names, var_kw, where = spec_keys, False, f"pool spec {node.get('spec')!r}"
                 if not var_kw:
                     for key in node:
                         if key in HYDRA_KEYS:
                             continue
                         if key not in names:
-                            problems.append(_unknown(_join(path, str(key)), str(key), names, str(target)))
+                            problems.append(_unknown(_join(path, str(key)), str(key), names, where))
+                _check_arg_ranges(obj, node, path, problems)
         for key, value in node.items():
             if key not in HYDRA_KEYS:
                 _check_targets(value, _join(path, str(key)), problems)
@@ -130,54 +198,17 @@ def _check_keys(node: Any, path: str, accepted: Iterable[str], where: str, probl
             problems.append(_unknown(_join(path, str(key)), str(key), accepted, where))
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    return None
-
-
-def _check_range(
-    problems: list[str],
-    path: str,
-    value: Any,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    what: str = "a number",
-    required: bool = False,
-) -> None:
-    if value is None:
-        if required:
-            problems.append(f"{path}: must be {what}, got null")
-        return
-    v = _number(value)
-    if v is None:
-        problems.append(f"{path}: must be {what}, got {value!r}")
-        return
-    bad = (low is not None and (v <= low if low_open else v < low)) or (
-        high is not None and (v >= high if high_open else v > high)
-    )
-    if bad:
-        lo = "" if low is None else ("> " if low_open else ">= ") + f"{low:g}"
-        hi = "" if high is None else ("< " if high_open else "<= ") + f"{high:g}"
-        rule = " and ".join(s for s in (lo, hi) if s)
-        problems.append(f"{path}: must be {rule}, got {value!r}")
+def _check_range(problems: list[str], path: str, value: Any, *bounds: float, required: bool = False, **kw: Any) -> None:
+    """A range checked here, of a value no hybridpool constructor owns (torch's optimizer, Lightning's trainer, ...):
+    :func:`hybridpool.arguments.number` (``bounds`` and ``kw``) at ``path``; ``None`` passes unless ``required``."""
+    problem = number(path, value, *bounds, optional=not required, **kw)
+    if problem is not None:
+        problems.append(problem.at(path))
 
 
 def _mapping(container: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     node = container.get(key)
     return node if isinstance(node, Mapping) else {}
-
-
-def _target_class(node: Mapping[str, Any]) -> type | None:
-    try:
-        obj = _locate(str(node.get("_target_")))
-    except Exception:
-        return None
-    return obj if isinstance(obj, type) else None
 
 
 def _check_study_switches(container: Mapping[str, Any], problems: list[str]) -> None:
@@ -190,7 +221,7 @@ def _check_study_switches(container: Mapping[str, Any], problems: list[str]) -> 
     module = _mapping(container, "module")
     pool = _mapping(container, "pool")
     trainer = _mapping(container, "trainer")
-    pool_cls = _target_class(pool) if pool.get("_target_") else None
+    pool_cls, pool_args = _pool_layer(pool)
     schedule = module.get("pool_schedule", "joint")
     switch = module.get("switch_epoch")
     if schedule not in POOL_SCHEDULES:
@@ -199,12 +230,13 @@ def _check_study_switches(container: Mapping[str, Any], problems: list[str]) -> 
         if pool_cls is not None and not issubclass(pool_cls, HybridPool):
             problems.append(
                 f"module.pool_schedule: freeze_and_train needs a HybridPool pool with weighted mixing "
-                f"(pool=hybrid_scalar, hybrid_channel or hybrid_gate, with pool.init=gap), got {pool.get('_target_')}"
+                f"(pool=hybrid_scalar, hybrid_channel or hybrid_gate, with pool.init=gap), got "
+                f"{pool.get('spec') or pool.get('_target_')}"
             )
-        elif pool_cls is not None and pool.get("mixing", "scalar") not in WEIGHTED_MIXING:
+        elif pool_cls is not None and pool_args.get("mixing", "scalar") not in WEIGHTED_MIXING:
             problems.append(
                 f"module.pool_schedule: freeze_and_train needs pool.mixing in {', '.join(WEIGHTED_MIXING)}, got "
-                f"{pool.get('mixing')!r}"
+                f"{pool_args.get('mixing')!r}"
             )
         max_epochs = None if trainer.get("fast_dev_run") else trainer.get("max_epochs")
         if not trainer.get("fast_dev_run") or switch is not None:
@@ -230,7 +262,7 @@ def _check_study_switches(container: Mapping[str, Any], problems: list[str]) -> 
                 "features.enabled=false (the frozen backbone then runs on images) or module.robustness=null"
             )
     if pool_cls is not None and issubclass(pool_cls, Flatten):
-        size = pool.get("spatial_size")
+        size = pool_args.get("spatial_size")
         if size != "???":  # not set yet: an experiment or the command line sets it (pool.spatial_size=[7,7])
             try:
                 _spatial_pair(size)
@@ -245,7 +277,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         ConfigError: (a ``ValueError``) listing every unknown key (full dotted path, nearest accepted key,
             accepted keys) and every out-of-range value, e.g. ``optim.optimizer.lr: must be > 0, got -0.1``.
     """
-    from hybridpool.run.module import SCHEDULES, ClassificationModule
+    from hybridpool.run.module import ClassificationModule
 
     if isinstance(cfg, (DictConfig, ListConfig)):
         try:
@@ -299,47 +331,20 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     # ----------------------------------------------------------------- values
     optim = optim if isinstance(optim, Mapping) else {}
     opt = optim.get("optimizer") if isinstance(optim.get("optimizer"), Mapping) else {}
-    _check_range(
-        problems,
-        "optim.optimizer.lr",
-        opt.get("lr"),
-        low=0,
-        low_open=True,
-        what="a positive number",
-        required="lr" in opt,
-    )
+    _check_range(problems, "optim.optimizer.lr", opt.get("lr"), low=0, low_open=True, required="lr" in opt)
     _check_range(problems, "optim.optimizer.weight_decay", opt.get("weight_decay"), low=0)
     _check_range(problems, "optim.optimizer.momentum", opt.get("momentum"), low=0, high=1)
-    for key in (
-        "backbone_lr_mult",
-        "head_lr_mult",
-        "pool_lr_mult",
-        "pool_weight_decay",
-        "warmup_epochs",
-        "min_lr_ratio",
-    ):
-        _check_range(problems, f"optim.{key}", optim.get(key), low=0)
-    _check_range(problems, "optim.gamma", optim.get("gamma"), low=0, low_open=True)
-    _check_range(problems, "optim.step_size", optim.get("step_size"), low=1)
-    if "scheduler" in optim and optim["scheduler"] not in SCHEDULES:
-        problems.append(
-            f"optim.scheduler: unknown schedule {optim['scheduler']!r}; accepted: {', '.join(SCHEDULES)}"
-        )
     module = container.get("module") if isinstance(container.get("module"), Mapping) else {}
-    _check_range(
-        problems, "module.label_smoothing", module.get("label_smoothing"), low=0, high=1, high_open=True
-    )
-    _check_range(problems, "module.log_pool_every_n_steps", module.get("log_pool_every_n_steps"), low=0)
+    # the module's own ranges (multipliers, schedule, label smoothing, ...), as its constructor raises them
+    for err in ClassificationModule.check_args(**{**module, **optim}):
+        problems.append(err.at(f"{'optim' if err.arg in OPTIM_KEYS else 'module'}.{err.arg}"))
     model = container.get("model") if isinstance(container.get("model"), Mapping) else {}
     _check_study_switches(container, problems)
     _check_range(problems, "model.dropout", model.get("dropout"), low=0, high=1, high_open=True)
-    data = container.get("data") if isinstance(container.get("data"), Mapping) else {}
-    _check_range(problems, "data.batch_size", data.get("batch_size"), low=1)
-    _check_range(problems, "data.num_workers", data.get("num_workers"), low=0)
     trainer = container.get("trainer") if isinstance(container.get("trainer"), Mapping) else {}
     epochs = trainer.get("max_epochs")
     if epochs is not None and epochs != -1:
-        _check_range(problems, "trainer.max_epochs", epochs, low=1, what="a positive integer or -1")
+        _check_range(problems, "trainer.max_epochs", epochs, low=1)  # or -1: no limit
     features = container.get("features") if isinstance(container.get("features"), Mapping) else {}
     if features.get("enabled", "auto") not in ("auto", True, False):
         problems.append(f"features.enabled: must be auto, true or false, got {features.get('enabled')!r}")

@@ -47,6 +47,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from hybridpool.arguments import ArgumentError, check_rules, number, one_of, raise_first
 from hybridpool.models.classifier import Classifier
 from hybridpool.run.robustness import ROBUSTNESS_KEYS, check_robustness, grid_permutation, permute_grid, shift_image
 from hybridpool.run.schedule import (
@@ -72,6 +73,21 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "step", "constant")
+_NON_NEGATIVE = functools.partial(number, low=0)
+#: the range of each ClassificationModule argument that has one (ClassificationModule.check_args)
+_RULES = {
+    "scheduler": functools.partial(one_of, choices=SCHEDULES),
+    "warmup_epochs": _NON_NEGATIVE,
+    "min_lr_ratio": _NON_NEGATIVE,
+    "step_size": functools.partial(number, low=1),
+    "gamma": functools.partial(number, low=0, low_open=True),
+    "backbone_lr_mult": _NON_NEGATIVE,
+    "head_lr_mult": _NON_NEGATIVE,
+    "pool_lr_mult": _NON_NEGATIVE,
+    "pool_weight_decay": _NON_NEGATIVE,
+    "label_smoothing": functools.partial(number, low=0, high=1, high_open=True),
+    "log_pool_every_n_steps": _NON_NEGATIVE,
+}
 
 
 def lr_lambda(
@@ -231,20 +247,21 @@ class ClassificationModule(pl.LightningModule):
         robustness: Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        if scheduler not in SCHEDULES:
-            raise ValueError(f"unknown scheduler {scheduler!r}; accepted: {', '.join(SCHEDULES)}")
-        for name, value in (
-            ("backbone_lr_mult", backbone_lr_mult),
-            ("head_lr_mult", head_lr_mult),
-            ("pool_lr_mult", pool_lr_mult),
-            ("pool_weight_decay", pool_weight_decay),
-            ("warmup_epochs", warmup_epochs),
-            ("min_lr_ratio", min_lr_ratio),
-        ):
-            if float(value) < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if not 0.0 <= float(label_smoothing) < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        raise_first(
+            self.check_args(
+                scheduler=scheduler,
+                warmup_epochs=warmup_epochs,
+                min_lr_ratio=min_lr_ratio,
+                step_size=step_size,
+                gamma=gamma,
+                backbone_lr_mult=backbone_lr_mult,
+                head_lr_mult=head_lr_mult,
+                pool_lr_mult=pool_lr_mult,
+                pool_weight_decay=pool_weight_decay,
+                label_smoothing=label_smoothing,
+                log_pool_every_n_steps=log_pool_every_n_steps,
+            )
+        )
         if pool_schedule not in POOL_SCHEDULES:
             raise ValueError(f"unknown pool_schedule {pool_schedule!r}; accepted: {', '.join(POOL_SCHEDULES)}")
         if pool_schedule == "freeze_and_train":
@@ -312,6 +329,13 @@ class ClassificationModule(pl.LightningModule):
         self._epoch_t0: float | None = None
         self._epoch_val_s = 0.0
         self._val_t0: float | None = None
+
+    @staticmethod
+    def check_args(**kwargs: Any) -> list[ArgumentError]:
+        """The range problems of constructor arguments among ``kwargs`` (those not given are not checked), without
+        building anything; the constructor raises the first. ``pool_schedule``, ``switch_epoch`` and ``robustness``
+        are checked by :mod:`hybridpool.run.schedule` / :mod:`hybridpool.run.robustness`."""
+        return check_rules(_RULES, kwargs)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:

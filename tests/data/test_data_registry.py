@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
+from hybridpool.arguments import accepted_arguments
 from hybridpool.data import (
     DATA_ROOT_ENV,
     DATAMODULES,
@@ -86,7 +86,7 @@ def test_download_flag_defers_the_check(tmp_path: Path) -> None:
     # with download=true nothing is fetched at construction; num_classes is known anyway
     dm = FashionMNISTDataModule(root=str(tmp_path), download=True)
     assert dm.num_classes == 10 and dm.in_channels == 1
-    assert "download" not in inspect.signature(DATAMODULES["cars"]).parameters  # torchvision cannot
+    assert "download" not in accepted_arguments(DATAMODULES["cars"])[0]  # torchvision cannot
 
 
 @pytest.mark.parametrize(
@@ -117,12 +117,13 @@ def test_every_registered_name_has_a_config() -> None:
 
 @pytest.mark.parametrize("path", _conf_files(), ids=lambda p: p.stem)
 def test_config_keys_are_constructor_arguments(path: Path) -> None:
-    """Config mirrors code: ``_target_`` is the registered class and the keys are exactly its arguments."""
+    """Config mirrors code: ``_target_`` is the registered class and the keys are exactly its arguments (its own
+    and, through ``**kwargs``, its base's, less those it fixes)."""
     node = OmegaConf.load(path)
     cls = DATAMODULES[path.stem]
     assert node["_target_"] == f"hybridpool.data.{cls.__name__}"
-    params = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    assert set(node.keys()) - {"_target_"} == params
+    params, takes_others = accepted_arguments(cls)
+    assert set(node.keys()) - {"_target_"} == set(params) and not takes_others
     assert OmegaConf.to_container(node)["seed"] == "${seed}"
     if "root" in node and path.stem != "imagefolder":
         assert OmegaConf.to_container(node)["root"] == "${paths.data_dir}"
@@ -151,3 +152,20 @@ def test_file_config_resolves_root(data_root: Path) -> None:
     )
     dm = instantiate(cfg.data, _convert_="all")
     assert dm.root == data_root.absolute() and dm.num_classes == 17 and dm.split_seed == 2
+
+
+def test_fixed_base_argument_is_refused(tmp_path: Path) -> None:
+    # Fashion-MNIST has an official test split and does not scale its crops: it fixes these base arguments
+    for arg, value in (("test_fraction", 0.2), ("min_scale", 0.5)):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{arg}'"):
+            FashionMNISTDataModule(root=str(tmp_path), download=True, **{arg: value})
+    assert {"test_fraction", "min_scale"}.isdisjoint(accepted_arguments(FashionMNISTDataModule)[0])
+
+
+def test_check_args_is_the_constructors_check(tmp_path: Path) -> None:
+    # without building anything, the problems the constructor raises the first of
+    problems = FashionMNISTDataModule.check_args(batch_size=0, train_fraction=2.0, crop_padding=3)
+    assert [str(p) for p in problems] == ["batch_size must be >= 1, got 0", "train_fraction must be in (0, 1], got 2.0"]
+    with pytest.raises(ValueError, match=r"^batch_size must be >= 1, got 0$"):
+        FashionMNISTDataModule(root=str(tmp_path), batch_size=0, train_fraction=2.0)
+    assert FashionMNISTDataModule.check_args(batch_size=8) == []

@@ -69,7 +69,7 @@ def test_bad_arguments_raise() -> None:
         make_synthetic("stripes", 10, 2)
     with pytest.raises(ValueError, match="num_classes"):
         make_synthetic("detail", 10, len(MOTIFS) + 1)
-    with pytest.raises(ValueError, match="known"):
+    with pytest.raises(ValueError, match="task must be one of 'texture', 'detail', 'finegrained', got 'stripes'"):
         SyntheticDataModule(task="stripes")
 
 

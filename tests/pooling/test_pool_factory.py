@@ -1,6 +1,9 @@
-"""create_pool (names, aliases, spec strings, kwargs), feat_mult and pooling_parameters."""
+"""create_pool (names, aliases, spec strings, kwargs), pool_factory and the spec identity, feat_mult and
+pooling_parameters."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -8,15 +11,22 @@ from torch import nn
 
 from hybridpool.pooling import (
     AttentionPool,
+    Flatten,
     GeM,
     GlobalAvgPool,
     GlobalMaxPool,
     HybridPool,
     KMaxPool,
     LSEPool,
+    PoolFactory,
     QueryAttentionPool,
+    canonical_spec,
     create_pool,
     known_pools,
+    parse_spec,
+    pool_config_keys,
+    pool_factory,
+    pool_spec,
     pooling_parameters,
 )
 
@@ -203,3 +213,151 @@ def test_pooling_parameters_make_an_optimizer_group():
     opt.step()
     assert float(model[1].p.detach()) != p_before  # only the pool's group had a learning rate
     assert model[0].weight.grad is not None
+
+
+# --- spec identity: pool_factory, describe(), canonical specs ---------------------------------------------------
+
+# (spec, kwargs) -> canonical spec: the identity arguments (mixing; per_channel) at non-default values are in it
+IDENTITIES = [
+    (("avg", {}), "avg"),
+    (("gap", {}), "avg"),
+    (("GMP", {}), "max"),
+    (("gem", {"p": 2.0, "learn_p": False}), "gem"),
+    (("gem", {"per_channel": False}), "gem"),
+    (("gem", {"per_channel": True}), "gem(per_channel=true)"),
+    (("gem(per_channel=true)", {"p": 4.0}), "gem(per_channel=true)"),
+    (("lse", {"per_channel": True, "r": 2.0}), "lse(per_channel=true)"),
+    (("kmax", {"k": 3}), "kmax"),
+    (("attn", {"heads": 2}), "attn"),
+    (("qattn", {"query": "learned"}), "qattn"),
+    (("flatten", {"spatial_size": [3, 4]}), "flatten"),
+    (("hybrid", {}), "hybrid"),
+    (("hybrid", {"mixing": "scalar", "init": "gap"}), "hybrid"),
+    (("hybrid(avg,max,gem,attn)", {"mixing": "channel"}), "hybrid(mixing=channel)"),
+    (("hybrid(avg, max)", {"mixing": "gate", "gate_hidden": 4}), "hybrid(mixing=gate)"),
+    (("Hybrid(avg,gem,mixing=concat)", {}), "hybrid(mixing=concat)"),
+    (("hybrid(mixing=channel)", {"branches": ["avg", "lse"], "branch_kwargs": {"lse": {"r": 2.0}}}),
+     "hybrid(mixing=channel)"),
+]
+
+
+def _same_layer(a: nn.Module, b: nn.Module) -> None:
+    assert type(a) is type(b) and repr(a) == repr(b)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize(("given", "spec"), IDENTITIES, ids=[f"{s}{k}" for (s, k), _ in IDENTITIES])
+def test_describe_names_the_canonical_spec_and_rebuilds_an_equal_layer(given, spec):
+    factory = pool_factory(given[0], **given[1])
+    described = factory.describe()
+    assert described["spec"] == spec == factory.spec == canonical_spec(*given[:1], **given[1])
+    assert json.loads(json.dumps(described)) == described  # the record's pool field is JSON as it is
+    torch.manual_seed(0)
+    built = factory(C)
+    torch.manual_seed(0)
+    rebuilt = create_pool(described["spec"], C, **described["kwargs"])
+    _same_layer(built, rebuilt)
+    assert pool_spec(built) == spec == pool_spec(rebuilt)
+    assert pool_factory(described["spec"], **described["kwargs"]) == factory  # the description is a fixed point
+    x = torch.rand(2, C, 3, 4)
+    assert torch.equal(built(x), rebuilt(x))
+
+
+def test_distinct_arms_have_distinct_specs_and_settings_do_not():
+    arms = {
+        "hybrid_scalar": pool_factory("hybrid", mixing="scalar"),
+        "hybrid_channel": pool_factory("hybrid", mixing="channel"),
+        "hybrid_gate": pool_factory("hybrid", mixing="gate"),
+        "hybrid_concat": pool_factory("hybrid", mixing="concat"),
+        "gem": pool_factory("gem", per_channel=False),
+        "gem_channel": pool_factory("gem", per_channel=True),
+        "lse": pool_factory("lse"),
+        "lse_channel": pool_factory("lse", per_channel=True),
+    }
+    assert len({f.spec for f in arms.values()}) == len(arms)
+    # settings swept as arms of one pool keep its spec (the report tells them apart by their config keys)
+    assert pool_factory("hybrid", branches=["avg", "max"], init="gap").spec == "hybrid"
+    assert pool_factory("gem", p=8.0, learn_p=False).spec == "gem"
+
+
+def test_the_identity_defaults_are_the_constructors():
+    import inspect
+
+    from hybridpool.pooling.factory import IDENTITY_ARGS
+
+    assert IDENTITY_ARGS == {"hybrid": ("mixing",), "gem": ("per_channel",), "lse": ("per_channel",)}
+    assert inspect.signature(HybridPool).parameters["mixing"].default == "scalar"
+    for cls in (GeM, LSEPool):
+        assert inspect.signature(cls).parameters["per_channel"].default is False
+
+
+def test_parse_spec_grammar():
+    assert parse_spec("gap") == ("avg", {})
+    hybrid = ("hybrid", {"branches": ["avg", "max"], "mixing": "gate"})
+    assert parse_spec(" Hybrid ( Avg , GMP , mixing = gate ) ") == hybrid
+    assert parse_spec("gem(p=2, learn_p=false, eps=1e-4)") == ("gem", {"p": 2, "learn_p": False, "eps": 1e-4})
+    assert parse_spec("hybrid(branch_kwargs=null)") == ("hybrid", {"branch_kwargs": None})
+    gem = create_pool("gem(per_channel=true)", C)
+    assert type(gem) is GeM and gem.p.shape == (C,)
+    for bad, match in [
+        ("gem()", "empty argument list"),
+        ("gem(avg)", "key=value arguments"),
+        ("hybrid(mixing=gate,avg)", "branches come first"),
+        ("gem(p=2,p=3)", "given twice"),
+        ("gem(=2)", "not a key=value"),
+        ("gem(p=)", "not a key=value"),
+        ("hybrid(avg,branches=[max])", "malformed|given twice|not a key"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            create_pool(bad, channels=C)
+
+
+def test_an_argument_in_the_spec_and_as_a_keyword_is_refused():
+    with pytest.raises(ValueError, match="per_channel given twice"):
+        pool_factory("gem(per_channel=true)", per_channel=False)
+    with pytest.raises(ValueError, match="mixing given twice"):
+        create_pool("hybrid(mixing=gate)", C, mixing="gate")
+
+
+def test_pool_factory_checks_names_at_once_and_values_at_build():
+    with pytest.raises(ValueError, match=r"unknown pooling 'gemm'.*known: .*avg"):
+        pool_factory("gemm")
+    with pytest.raises(TypeError, match=r"GeM got unknown argument\(s\) \['pp'\]; accepted: p, learn_p"):
+        pool_factory("gem", pp=2.0)
+    factory = pool_factory("hybrid", mixing="sideways")  # a value is the constructor's to check
+    with pytest.raises(ValueError, match="unknown mixing 'sideways'"):
+        factory(C)
+    with pytest.raises(TypeError, match="already set by the pool factory"):
+        pool_factory("gem", p=2.0)(C, p=3.0)
+    assert pool_factory("avg")(C, flatten=False)(torch.rand(2, C, 3, 3)).shape == (2, C, 1, 1)
+
+
+def test_pool_factory_takes_config_containers_and_keeps_plain_kwargs():
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create({"branches": ["avg", "max"], "branch_kwargs": {"max": {}}})
+    factory = pool_factory("hybrid", branches=node.branches, branch_kwargs=node.branch_kwargs)
+    kwargs = {"branches": ["avg", "max"], "branch_kwargs": {"max": {}}}
+    assert factory.describe() == {"spec": "hybrid", "kwargs": kwargs}
+    assert isinstance(factory(C), HybridPool) and isinstance(factory, PoolFactory)
+    flat = pool_factory("flatten", spatial_size=OmegaConf.create([3, 4]))
+    assert flat(C).spatial_size == (3, 4) and flat.describe()["kwargs"] == {"spatial_size": [3, 4]}
+    assert repr(flat) == "pool_factory('flatten', spatial_size=[3, 4])"
+
+
+def test_pool_spec_of_built_layers():
+    assert pool_spec(create_pool("hybrid(avg,max)", C, mixing="concat")) == "hybrid(mixing=concat)"
+    assert pool_spec(GeM(C, per_channel=True)) == "gem(per_channel=true)"
+    assert pool_spec(Flatten(spatial_size=2)) == "flatten"
+    with pytest.raises(TypeError, match="not a registered pooling layer"):
+        pool_spec(nn.Identity())
+
+
+def test_pool_config_keys_follow_the_spec_to_the_constructor():
+    assert pool_config_keys("gem") == ["spec", "p", "learn_p", "per_channel", "eps", "flatten", "input_fmt"]
+    assert "mixing" in pool_config_keys("hybrid(avg,max)") and "spatial_size" in pool_config_keys("flatten")
+    with pytest.raises(ValueError, match="unknown pooling"):
+        pool_config_keys("gemm")

@@ -35,7 +35,8 @@ def test_fixture_runs_are_read_and_grouped_into_cells():
     avg = _cell(study, "synth_detail", "avg")
     assert avg.arms == {}  # post_bn is constant on synth_detail, so it does not label cells there
     assert avg.completed("test/acc") == dict(enumerate(AVG_SYNTH))
-    flowers_hybrid = [c for c in study.cells if c.data == "flowers17" and c.pool == "hybrid_scalar"]
+    # old-style records (tag pool:hybrid_scalar, no pool field) are named by their canonical spec
+    flowers_hybrid = [c for c in study.cells if c.data == "flowers17" and c.pool == "hybrid"]
     assert sorted(str(c.arms["model.post_bn"]) for c in flowers_hybrid) == ["False", "True"]
     assert _cell(study, "flowers17", "avg").backbone == "mobilenet_v2"
 
@@ -46,7 +47,7 @@ def test_failed_and_missing_runs_are_problems_not_averaged():
     assert kinds == [("failed", "synth_detail", 3), ("missing", "flowers17", 4)]
     failed = next(p for p in study.problems if p.kind == "failed")
     assert "FloatingPointError" in failed.detail and failed.source.endswith("results.json")
-    hybrid = _cell(study, "synth_detail", "hybrid_scalar")
+    hybrid = _cell(study, "synth_detail", "hybrid")
     assert sorted(hybrid.completed("test/acc")) == [0, 1, 2, 4]
     assert study.counts() == {"completed": 38, "failed": 1, "missing": 1}
 

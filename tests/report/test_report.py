@@ -48,7 +48,7 @@ def test_every_output_is_written(report):
 def test_failed_and_missing_runs_are_named_in_the_summaries(report):
     md = (report / "summary.md").read_text()
     html = (report / "summary.html").read_text()
-    failed = "FAILED: fixture/synth_detail/SmallCNN/hybrid_scalar seed 3: FloatingPointError"
+    failed = "FAILED: fixture/synth_detail/SmallCNN/hybrid seed 3: FloatingPointError"
     missing = "MISSING: fixture/flowers17/mobilenet_v2/gem [post_bn=True] seed 4"
     for text in (md, html):
         assert failed in text and missing in text
