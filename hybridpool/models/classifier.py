@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from hybridpool.arguments import ArgumentError, check_rules, number, raise_first
 from hybridpool.models.backbones import Backbone
 
 __all__ = ["Classifier", "build_pool"]
+
+_RULES = {"dropout": functools.partial(number, low=0, high=1, high_open=True)}
 
 PoolLike = nn.Module | str | Callable[..., nn.Module]
 BackboneLike = nn.Module | Callable[..., nn.Module]
@@ -76,8 +80,7 @@ class Classifier(nn.Module):
         super().__init__()
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        raise_first(self.check_args(dropout=dropout))
         if not isinstance(backbone, nn.Module):
             backbone = backbone(in_channels=in_channels)
         if not hasattr(backbone, "out_channels"):
@@ -181,6 +184,12 @@ class Classifier(nn.Module):
             else:
                 counts["head"] += n
         return counts
+
+    @staticmethod
+    def check_args(**kwargs: Any) -> list[ArgumentError]:
+        """The range problems of the given constructor arguments (``dropout`` in ``[0, 1)``), building nothing;
+        the constructor raises the first, the config check reports them all."""
+        return check_rules(_RULES, kwargs)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary: backbone identity, pool class, embedding size, classes and ``params``.

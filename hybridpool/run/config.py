@@ -9,9 +9,10 @@ inside a constructor, or never. :func:`validate_config` checks the whole config 
   the layer its ``spec`` names, and an unknown spec lists the known ones;
 - the plain nodes (top level, ``paths``, ``features``, ``optim``, ``module``) against their known keys;
 - value ranges: those a class owns come from its construction-free ``check_args`` (the check its constructor
-  raises from: the datamodules' batch size, fractions, normalisation, ...; ClassificationModule's multipliers,
+  raises from: the datamodules' batch size, fractions, normalisation, ...; the classifier's dropout;
+  ClassificationModule's multipliers,
   schedule, label smoothing, ...), for every ``_target_`` node that has one and for ``optim``/``module``; the
-  others here: positive learning rate, non-negative weight decay (the torch optimizer), dropout in ``[0, 1)``,
+  others here: positive learning rate, non-negative weight decay (the torch optimizer),
   positive epochs and feature batch size, integer seed;
 - the study switches of ``module``: ``pool_schedule`` (``freeze_and_train`` needs a HybridPool with weighted
   mixing and a ``switch_epoch`` in ``[1, trainer.max_epochs)``), ``robustness`` (``{shift, grid}``, images only:
@@ -338,9 +339,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     # the module's own ranges (multipliers, schedule, label smoothing, ...), as its constructor raises them
     for err in ClassificationModule.check_args(**{**module, **optim}):
         problems.append(err.at(f"{'optim' if err.arg in OPTIM_KEYS else 'module'}.{err.arg}"))
-    model = container.get("model") if isinstance(container.get("model"), Mapping) else {}
     _check_study_switches(container, problems)
-    _check_range(problems, "model.dropout", model.get("dropout"), low=0, high=1, high_open=True)
     trainer = container.get("trainer") if isinstance(container.get("trainer"), Mapping) else {}
     epochs = trainer.get("max_epochs")
     if epochs is not None and epochs != -1:
