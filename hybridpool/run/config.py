@@ -10,10 +10,9 @@ inside a constructor, or never. :func:`validate_config` checks the whole config 
 - the plain nodes (top level, ``paths``, ``features``, ``optim``, ``module``) against their known keys;
 - value ranges: those a class owns come from its construction-free ``check_args`` (the check its constructor
   raises from: the datamodules' batch size, fractions, normalisation, ...; the classifier's dropout;
-  ClassificationModule's multipliers,
-  schedule, label smoothing, ...), for every ``_target_`` node that has one and for ``optim``/``module``; the
-  others here: positive learning rate, non-negative weight decay (the torch optimizer),
-  positive epochs and feature batch size, integer seed;
+  ClassificationModule's multipliers, schedule, label smoothing, ...), for every ``_target_`` node that has one
+  and for ``optim``/``module``; the others here: positive learning rate, non-negative weight decay (the torch
+  optimizer), positive epochs and feature batch size, integer seed;
 - the study switches of ``module``: ``pool_schedule`` (``freeze_and_train`` needs a HybridPool with weighted
   mixing and a ``switch_epoch`` in ``[1, trainer.max_epochs)``), ``robustness`` (``{shift, grid}``, images only:
   not with the feature cache), and ``pool.spatial_size`` of ``pool=flatten`` when it is set.
