@@ -12,10 +12,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from hybridpool.run.callbacks import save_attention_arrays
 from hybridpool.models import Classifier, SmallCNN
 from hybridpool.records import read_results
 from hybridpool.run import compose_config
+from hybridpool.run.callbacks import save_attention_arrays
 from hybridpool.run.train import train
 
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from hybridpool.run.wandb import resolve_wandb_mode, wandb_api_key_configured
 from hybridpool.records import RunRecord, read_results, to_jsonable, write_json_atomic
+from hybridpool.run.wandb import resolve_wandb_mode, wandb_api_key_configured
 
 
 def test_atomic_json_write_leaves_no_temporary_files(tmp_path):

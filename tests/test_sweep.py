@@ -15,8 +15,6 @@ import pytest
 import pytorch_lightning as pl
 from tiny_run import TINY as BASE_TINY
 
-from hybridpool.sweep.callback import _check_ray_gpus
-
 from hybridpool.sweep import (
     JobPlan,
     config_hash,
@@ -25,6 +23,7 @@ from hybridpool.sweep import (
     summarize,
     sweep_name,
 )
+from hybridpool.sweep.callback import _check_ray_gpus
 
 # conf/hydra/launcher/{joblib,ray}.yaml are validated against the plugins' schemas of the same name (on purpose)
 pytestmark = pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/\w+' is validated:UserWarning")
