@@ -1,4 +1,4 @@
-"""Fit the polynomial coefficients used by hybridpool/pooling/_fused.py for fast float32 log and exp.
+"""Fit the polynomial coefficients used by hybridpool/pooling/kernels/reference.py for fast float32 log and exp.
 
 Run: python scripts/fit_fast_math.py   (prints the coefficient tuples and their maximum errors)
 """

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import functional as F
 from ._base import PoolBase, check_channels, scale_free_layer_norm
-from ._fused import pool_branches
+from .kernels import pool_branches
 
 
 def _logit_input(x: torch.Tensor) -> torch.Tensor:

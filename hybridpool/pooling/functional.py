@@ -10,11 +10,9 @@ pooling", 2021, and the CLIP / SimPool query attention family).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._fused import pool_branches
+from .kernels import lse_pool_rows, pool_branches
 
 __all__ = [
     "attention_entropy",
@@ -57,8 +55,9 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> to
     """Generalized-mean (GeM) pooling ``(mean_{h,w} clamp(x, eps)^p)^(1/p)``.
 
     Computed as ``m * (mean (x / m)^p)^(1/p)`` with ``m`` the per-channel max, so ``x^p`` never overflows (also in
-    float16/bfloat16, which are computed in float32); eager CPU code works a block of samples at a time and
-    recomputes ``(x / m)^(p-1)`` in backward, compiled and GPU code keeps it (see :mod:`hybridpool.pooling._fused`).
+    float16/bfloat16, which are computed in float32); CPU code (the C kernel's op ``hybridpool::branches`` in
+    float32, eager or compiled; blocks of samples in float64) recomputes ``(x / m)^(p-1)`` in backward, GPU code
+    keeps it (see :mod:`hybridpool.pooling.kernels`).
 
     Args:
         x: ``(B, C, H, W)`` floating feature map.
@@ -79,8 +78,8 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> to
 def lse_pool(x: torch.Tensor, r: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Log-sum-exp pooling ``(1/r) log(mean_{h,w} exp(r x))``, stabilised by the max.
 
-    Eager float32 (and half precision, computed in float32) on a CPU runs the native kernel (:class:`_native.NativeLSE`,
-    one pass per row); other devices, dtypes and compiled code use ``torch.logsumexp``.
+    float32 (and half precision, computed in float32) on a CPU runs the native kernel's op ``hybridpool::lse`` (one
+    pass per row, eager and compiled); other devices and dtypes use ``torch.logsumexp``.
 
     Args:
         x: ``(B, C, H, W)``.
@@ -91,16 +90,7 @@ def lse_pool(x: torch.Tensor, r: torch.Tensor | float = 1.0) -> torch.Tensor:
     """
     work = x.to(_compute_dtype(x.dtype))
     r_b = _channel_view(r, work)
-    r_flat = r_b.flatten() if r_b.dim() else r_b
-    if work.device.type == "cpu" and work.dtype == torch.float32:  # eager CPU float32: the native kernel
-        from . import _native
-
-        flat = work.flatten(2).contiguous()
-        if _native.lse_supports(flat, r_flat):
-            return _native.NativeLSE.apply(flat, r_flat).to(x.dtype)
-    n = x.shape[2] * x.shape[3]
-    lse = torch.logsumexp((work * r_b).flatten(2), dim=2)  # logsumexp subtracts the max internally
-    return ((lse - math.log(n)) / r_flat).to(x.dtype)
+    return lse_pool_rows(work.flatten(2), r_b.flatten() if r_b.dim() else r_b).to(x.dtype)
 
 
 def resolve_k(k: int | float, n: int) -> int:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ._base import PoolBase, check_channels, scale_free_layer_norm
-from ._fused import pool_branches
+from .kernels import pool_branches
 from .registry import SINGLE_POOLS, canonical_name
 
 MIXING_MODES = ("scalar", "channel", "gate", "concat")
@@ -53,7 +53,7 @@ class HybridPool(PoolBase):
         gate_hidden: hidden width of the gating network (``mixing="gate"``).
         branch_kwargs: constructor arguments per branch name, e.g. ``{"gem": {"p": 2.0}, "attn": {"heads": 4}}``.
         fused: compute the avg, max, gem and attn branches together in one pass with a shared backward
-            (:mod:`hybridpool.pooling._fused`); ``False`` runs every branch on its own (same values).
+            (:mod:`hybridpool.pooling.kernels`); ``False`` runs every branch on its own (same values).
     """
 
     def __init__(
@@ -104,7 +104,7 @@ class HybridPool(PoolBase):
         self.mixing = mixing
         self.init = init
         self.fused = fused
-        # The first avg / max / gem / attn branch of each kind can share one pass (see _fused.py).
+        # The first avg / max / gem / attn branch of each kind can share one pass (see kernels/).
         self._fusable = {layer: name for name, layer in reversed(layer_of.items()) if layer in _FUSABLE}
         n = len(names)
         if init == "gap":

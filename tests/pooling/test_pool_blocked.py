@@ -12,7 +12,8 @@ import pytest
 import torch
 from pool_refs import as_float64, layer_reference, randomize_, ref_attention, ref_avg, ref_gem
 
-from hybridpool.pooling import HybridPool, _fused
+from hybridpool.pooling import HybridPool, kernels
+from hybridpool.pooling.kernels import blocked, reference
 
 B, C, N = 7, 8, 6
 SUBSETS = [s for s in itertools.product([False, True], repeat=4) if any(s)]
@@ -25,7 +26,7 @@ def subset_id(branches) -> str:
 @pytest.fixture
 def blocks_of_three(monkeypatch):
     """Blocks of 3 samples, so that 7 samples make 3 blocks, the last one short."""
-    monkeypatch.setattr(_fused, "_BLOCK_BYTES", 3 * C * N * 8)
+    monkeypatch.setattr(blocked, "_BLOCK_BYTES", 3 * C * N * 8)
 
 
 def awkward(seed: int = 0) -> torch.Tensor:
@@ -57,8 +58,8 @@ def run(fn, x, p, weight, log_t, branches, eps=1e-6):
 def test_blocked_equals_fused(branches, heads, per_channel, blocks_of_three):
     x = awkward()
     args = (x, *parameters(heads, per_channel))
-    d_f, a_f, g_f = run(_fused.FusedBranches, *args, branches)
-    d_b, a_b, g_b = run(_fused.BlockedBranches, *args, branches)
+    d_f, a_f, g_f = run(reference.FusedBranches, *args, branches)
+    d_b, a_b, g_b = run(blocked.BlockedBranches, *args, branches)
     torch.testing.assert_close(d_b, d_f, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(a_b, a_f, rtol=1e-12, atol=1e-12)
     for name, gb, gf in zip(("x", "p", "weight", "log_temperature"), g_b, g_f, strict=True):
@@ -78,7 +79,7 @@ def gradcheck_input() -> torch.Tensor:
 
 def forms(p: torch.Tensor, x: torch.Tensor, eps: float) -> list[bool]:
     """Per sample of ``x`` ``(B, C, N)``: whether GeM's elementwise steps take the unshifted form (``x^p``)."""
-    runs = _fused._power_form_runs(p, x.amax(2).clamp_min(eps).log2(), eps)
+    runs = blocked._power_form_runs(p, x.amax(2).clamp_min(eps).log2(), eps)
     return [unshifted for r0, r1, unshifted in runs for _ in range(r0, r1)]
 
 
@@ -89,7 +90,7 @@ def test_blocked_gradcheck(branches, blocks_of_three):
     assert forms(p, x, 1e-3) == [False] * B  # per-channel p: always the row-shifted form
     inputs = [t.requires_grad_() for t in (x, p, weight, log_t)]
     assert torch.autograd.gradcheck(
-        lambda *a: _fused.BlockedBranches.apply(*a, 1e-3, branches)[0], inputs, eps=1e-6, atol=1e-6, rtol=1e-4
+        lambda *a: blocked.BlockedBranches.apply(*a, 1e-3, branches)[0], inputs, eps=1e-6, atol=1e-6, rtol=1e-4
     )
 
 
@@ -104,7 +105,7 @@ def test_blocked_gradcheck_unshifted_scalar_p(branches, p_value, blocks_of_three
     assert forms(p, x, 1e-3) == [True] * B
     inputs = [t.requires_grad_() for t in (x, p, weight, log_t)]
     assert torch.autograd.gradcheck(
-        lambda *a: _fused.BlockedBranches.apply(*a, 1e-3, branches)[0], inputs, eps=1e-6, atol=1e-6, rtol=1e-4
+        lambda *a: blocked.BlockedBranches.apply(*a, 1e-3, branches)[0], inputs, eps=1e-6, atol=1e-6, rtol=1e-4
     )
 
 
@@ -114,8 +115,8 @@ def test_blocked_gem_with_p_one(blocks_of_three):
     _, weight, log_t = parameters(1, False)
     p = torch.tensor(1.0, dtype=torch.float64)
     for branches in [(False, False, True, False), (True, True, True, True)]:
-        d_f, _, g_f = run(_fused.FusedBranches, x, p, weight, log_t, branches)
-        d_b, _, g_b = run(_fused.BlockedBranches, x, p, weight, log_t, branches)
+        d_f, _, g_f = run(reference.FusedBranches, x, p, weight, log_t, branches)
+        d_b, _, g_b = run(blocked.BlockedBranches, x, p, weight, log_t, branches)
         torch.testing.assert_close(d_b, d_f, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(g_b[0], g_f[0], rtol=1e-10, atol=1e-12)
         assert torch.isfinite(g_b[0]).all()
@@ -123,11 +124,11 @@ def test_blocked_gem_with_p_one(blocks_of_three):
 
 def test_blocked_one_sample_wider_than_a_block(monkeypatch):
     """A sample larger than the block size still makes blocks of one sample."""
-    monkeypatch.setattr(_fused, "_BLOCK_BYTES", 16)
+    monkeypatch.setattr(blocked, "_BLOCK_BYTES", 16)
     x = awkward(seed=4)
     args = (x, *parameters(2, False))
-    d_f, _, g_f = run(_fused.FusedBranches, *args, (True, True, True, True))
-    d_b, _, g_b = run(_fused.BlockedBranches, *args, (True, True, True, True))
+    d_f, _, g_f = run(reference.FusedBranches, *args, (True, True, True, True))
+    d_b, _, g_b = run(blocked.BlockedBranches, *args, (True, True, True, True))
     torch.testing.assert_close(d_b, d_f, rtol=1e-12, atol=1e-12)
     for gb, gf in zip(g_b, g_f, strict=True):
         torch.testing.assert_close(gb, gf, rtol=1e-10, atol=1e-12)
@@ -137,9 +138,9 @@ def test_eager_cpu_uses_the_blocked_path(monkeypatch):
     """pool_branches picks BlockedBranches for eager float64 CPU tensors (float32 goes to the native kernel,
     FusedBranches is for compile and GPUs)."""
     calls = []
-    original = _fused.BlockedBranches.apply
-    monkeypatch.setattr(_fused.BlockedBranches, "apply", lambda *a: calls.append(1) or original(*a))
-    _fused.pool_branches(torch.rand(2, C, 3, 3, dtype=torch.float64), (True, True, False, False))
+    original = blocked.BlockedBranches.apply
+    monkeypatch.setattr(blocked.BlockedBranches, "apply", lambda *a: calls.append(1) or original(*a))
+    kernels.pool_branches(torch.rand(2, C, 3, 3, dtype=torch.float64), (True, True, False, False))
     assert calls
 
 
@@ -175,14 +176,14 @@ def test_compiled_no_grad_forward_equals_eager():
 def test_blocked_gem_both_power_forms(limit, p_value, unshifted, monkeypatch, blocks_of_three):
     """GeM's two elementwise forms (x^p then / max^p per row, or (x / max)^p) against FusedBranches, float64;
     p = 40 makes x^p overflow float32 (40 * |log2 1e-6| > 100), so it takes the shifted form at the usual limit."""
-    monkeypatch.setattr(_fused, "_UNSHIFTED_LOG2_LIMIT", limit)
+    monkeypatch.setattr(blocked, "_UNSHIFTED_LOG2_LIMIT", limit)
     x = awkward(seed=9) * 3.0
     _, weight, log_t = parameters(1, False)
     p = torch.tensor(p_value, dtype=torch.float64)
     assert forms(p, x, 1e-6) == [unshifted] * B
     branches = (True, True, True, True)
-    d_f, _, g_f = run(_fused.FusedBranches, x, p, weight, log_t, branches)
-    d_b, _, g_b = run(_fused.BlockedBranches, x, p, weight, log_t, branches)
+    d_f, _, g_f = run(reference.FusedBranches, x, p, weight, log_t, branches)
+    d_b, _, g_b = run(blocked.BlockedBranches, x, p, weight, log_t, branches)
     torch.testing.assert_close(d_b, d_f, rtol=1e-11, atol=1e-12)
     for name, gb, gf in zip(("x", "p", "weight", "log_temperature"), g_b, g_f, strict=True):
         torch.testing.assert_close(gb, gf, rtol=1e-9, atol=1e-12, msg=f"gradient of {name}")
@@ -191,15 +192,15 @@ def test_blocked_gem_both_power_forms(limit, p_value, unshifted, monkeypatch, bl
 @pytest.mark.parametrize("limit", [0.0, 100.0], ids=["row-shifted", "unshifted"])
 def test_blocked_float32_close_to_float64(limit, monkeypatch, blocks_of_three):
     """float32 values and gradients of both power forms stay close to a float64 run of the same inputs."""
-    monkeypatch.setattr(_fused, "_UNSHIFTED_LOG2_LIMIT", limit)
+    monkeypatch.setattr(blocked, "_UNSHIFTED_LOG2_LIMIT", limit)
     gen = torch.Generator().manual_seed(10)
     x = torch.relu(torch.randn(B, C, N, generator=gen, dtype=torch.float64)) * 50.0  # zeros and values up to ~150
     _, weight, log_t = parameters(2, False)
     weight = weight * 0.01  # logits of a few units: a saturated softmax would test float32's softmax instead
     p = torch.tensor(3.3, dtype=torch.float64)
     branches = (True, True, True, True)
-    d64, _, g64 = run(_fused.BlockedBranches, x, p, weight, log_t, branches)
-    d32, _, g32 = run(_fused.BlockedBranches, *(t.float() for t in (x, p, weight, log_t)), branches)
+    d64, _, g64 = run(blocked.BlockedBranches, x, p, weight, log_t, branches)
+    d32, _, g32 = run(blocked.BlockedBranches, *(t.float() for t in (x, p, weight, log_t)), branches)
     torch.testing.assert_close(d32.double(), d64, rtol=2e-6, atol=1e-5)
     for name, g_a, g_b in zip(("x", "p", "weight", "log_temperature"), g32, g64, strict=True):
         torch.testing.assert_close(g_a.double(), g_b, rtol=2e-5, atol=2e-5, msg=f"gradient of {name}")
@@ -216,25 +217,25 @@ def test_blocked_mixed_power_forms_in_one_block_and_batch_independence():
     weight = weight * 1e-27  # keep the softmax finite next to the large sample
     p = torch.tensor(3.0, dtype=torch.float64)
     branches = (True, True, True, True)
-    runs = _fused._power_form_runs(p, x.amax(2).clamp_min(1e-6).log2(), 1e-6)
+    runs = blocked._power_form_runs(p, x.amax(2).clamp_min(1e-6).log2(), 1e-6)
     assert [r[2] for r in runs] == [True, False, True, False, True] and runs[-1][1] == B
-    d_f, _, g_f = run(_fused.FusedBranches, x, p, weight, log_t, branches)
-    d_b, _, g_b = run(_fused.BlockedBranches, x, p, weight, log_t, branches)
+    d_f, _, g_f = run(reference.FusedBranches, x, p, weight, log_t, branches)
+    d_b, _, g_b = run(blocked.BlockedBranches, x, p, weight, log_t, branches)
     torch.testing.assert_close(d_b, d_f, rtol=1e-11, atol=0)
     for gb, gf in zip(g_b, g_f, strict=True):
         torch.testing.assert_close(gb, gf, rtol=1e-9, atol=1e-40)
     x32, p32, w32, lt32 = (t.float() for t in (x, p, weight, log_t))
     with torch.no_grad():
-        batch, _, _ = _fused.blocked_forward(x32, p32, w32, lt32, 1e-6, branches)
+        batch, _, _ = blocked.blocked_forward(x32, p32, w32, lt32, 1e-6, branches)
         for i in range(B):
-            alone, _, _ = _fused.blocked_forward(x32[i : i + 1], p32, w32, lt32, 1e-6, branches)
+            alone, _, _ = blocked.blocked_forward(x32[i : i + 1], p32, w32, lt32, 1e-6, branches)
             torch.testing.assert_close(alone[0], batch[i], rtol=1e-6, atol=0, msg=f"sample {i}")
 
 
 # --- empty batches -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fn", [_fused.BlockedBranches, _fused.FusedBranches], ids=["blocked", "fused"])
+@pytest.mark.parametrize("fn", [blocked.BlockedBranches, reference.FusedBranches], ids=["blocked", "fused"])
 @pytest.mark.parametrize("per_channel", [False, True], ids=["scalar_p", "pc_p"])
 def test_empty_batch_through_the_branch_functions(fn, per_channel):
     """B = 0: descriptors (0, 4, C), attention (0, heads, N), an empty input gradient and zero parameter gradients."""
@@ -245,7 +246,7 @@ def test_empty_batch_through_the_branch_functions(fn, per_channel):
     for g in grads[1:]:
         assert g is None or not g.any()
     with torch.no_grad():
-        descriptors, attn, _ = _fused.blocked_forward(x, *parameters(2, per_channel), 1e-6, (True, True, True, True))
+        descriptors, attn, _ = blocked.blocked_forward(x, *parameters(2, per_channel), 1e-6, (True, True, True, True))
     assert descriptors.shape == (0, 4, C) and attn.shape == (0, 2, N)
 
 
@@ -290,8 +291,8 @@ def test_blocked_gem_p_below_one_float32_close_to_float64(p_value, unshifted, bl
     p = torch.tensor(p_value, dtype=torch.float64)
     assert forms(p, x, 1e-6) == [unshifted] * B
     branches = (True, True, True, False)
-    d64, _, g64 = run(_fused.FusedBranches, x, p, weight, log_t, branches)
-    d32, _, g32 = run(_fused.BlockedBranches, *(t.float() for t in (x, p, weight, log_t)), branches)
+    d64, _, g64 = run(reference.FusedBranches, x, p, weight, log_t, branches)
+    d32, _, g32 = run(blocked.BlockedBranches, *(t.float() for t in (x, p, weight, log_t)), branches)
     assert torch.isfinite(d32).all()
     torch.testing.assert_close(d32.double(), d64, rtol=1e-5, atol=0)  # S^(1/p) multiplies S's error by 1/p
     for name, g_a, g_b in zip(("x", "p"), g32[:2], g64[:2], strict=True):
@@ -342,7 +343,7 @@ def test_pool_branches_half_and_channels_last_close_to_float64(case, channels_la
     # x above 1e13)
     expected = [True] * 4 if dtype == torch.float16 else [True, False, False, False]
     assert forms(p, x.detach().float().flatten(2), 1e-6) == expected
-    descriptors, attn = _fused.pool_branches(x, (True, True, True, True), p, weight, log_t)
+    descriptors, attn = kernels.pool_branches(x, (True, True, True, True), p, weight, log_t)
     assert descriptors.dtype == dtype and torch.isfinite(descriptors).all() and torch.isfinite(attn).all()
     g = torch.linspace(-1.0, 2.0, descriptors.numel(), dtype=torch.float64).view_as(descriptors)
     (descriptors.double() * g).sum().backward()

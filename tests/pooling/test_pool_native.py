@@ -1,8 +1,8 @@
-"""The native CPU kernel (``_native.c`` through :class:`_native.NativeBranches`, float32) against
-:class:`_fused.FusedBranches` in float64: values and every gradient for all subsets of the four branches, one or two
-heads, scalar or per-channel GeM exponents, both forms of GeM's powers (flat and shifted per row), tied maxima,
-values below GeM's clamp; plus which path ``pool_branches`` takes, the build cache, the fallback without a
-compiler, threads, NaN inputs and empty batches.
+"""The native CPU kernel (``kernels/native.c`` through its torch op, :func:`kernels.ops.branches`, float32)
+against :class:`kernels.reference.FusedBranches` in float64: values and every gradient for all subsets of the four
+branches, one or two heads, scalar or per-channel GeM exponents, both forms of GeM's powers (flat and shifted per
+row), tied maxima, values below GeM's clamp; plus which path ``pool_branches`` takes, the build cache, the fallback
+without a compiler, threads, NaN inputs and empty batches.
 
 The kernel must build here: a missing compiler fails these tests instead of skipping them (``.ci/run`` installs
 one)."""
@@ -17,8 +17,9 @@ import pytest
 import torch
 from pool_refs import randomize_, ref_attention
 
-from hybridpool.pooling import AttentionPool, HybridPool, LSEPool, _fused, _native
+from hybridpool.pooling import AttentionPool, HybridPool, LSEPool, kernels
 from hybridpool.pooling.functional import lse_pool
+from hybridpool.pooling.kernels import native, ops, reference
 
 B, C, N = 5, 8, 13
 SUBSETS = [s for s in itertools.product([False, True], repeat=4) if any(s)]
@@ -48,15 +49,15 @@ def parameters(heads: int, per_channel: bool, seed: int = 1):
 
 def run(fn, x, p, weight, log_t, branches, *extra, eps=1e-6):
     inputs = [t.clone().requires_grad_() for t in (x, p, weight, log_t)]
-    descriptors, attn = fn.apply(*inputs, eps, branches, *extra)
+    descriptors, attn = fn(*inputs, eps, branches, *extra)
     ramp = torch.linspace(-1.0, 2.0, descriptors.numel(), dtype=x.dtype).view_as(descriptors)
     grads = torch.autograd.grad((descriptors * ramp).sum(), inputs, allow_unused=True)
     return descriptors.detach(), attn.detach(), grads
 
 
 def assert_native_matches_float64(x, p, weight, log_t, branches, tol=F32):
-    d64, a64, g64 = run(_fused.FusedBranches, x, p, weight, log_t, branches)
-    d32, a32, g32 = run(_native.NativeBranches, *(t.float() for t in (x, p, weight, log_t)), branches)
+    d64, a64, g64 = run(reference.FusedBranches.apply, x, p, weight, log_t, branches)
+    d32, a32, g32 = run(ops.branches, *(t.float() for t in (x, p, weight, log_t)), branches)
     scale = d64.abs().max().clamp_min(1.0)
     torch.testing.assert_close(d32.double() / scale, d64 / scale, **tol)
     if branches[3]:
@@ -69,7 +70,7 @@ def assert_native_matches_float64(x, p, weight, log_t, branches, tol=F32):
 
 
 def test_the_kernel_builds_here():
-    assert _native.library() is not None, "no native kernel: is a C compiler (cc) installed?"
+    assert native.library() is not None, "no native kernel: is a C compiler (cc) installed?"
 
 
 @pytest.mark.parametrize(("heads", "per_channel"), [(1, False), (2, True)], ids=["1head-scalar_p", "2heads-pc_p"])
@@ -92,8 +93,8 @@ def test_both_forms_of_gem_powers(scale, p, flat):
 
 def test_no_grad_forward_equals_grad_forward():
     x, (p, weight, log_t) = awkward(seed=4).float(), (t.float() for t in parameters(2, True))
-    with_grad, attn, _ = run(_native.NativeBranches, x, p, weight, log_t, (True, True, True, True))
-    without, attn_ng, _ = _native.native_forward(x, p, weight, log_t, 1e-6, (True, True, True, True))
+    with_grad, attn, _ = run(ops.branches, x, p, weight, log_t, (True, True, True, True))
+    without, attn_ng, _ = native.native_forward(x, p, weight, log_t, 1e-6, (True, True, True, True))
     torch.testing.assert_close(without, with_grad, rtol=0, atol=0)
     torch.testing.assert_close(attn_ng, attn, rtol=0, atol=0)
 
@@ -104,35 +105,35 @@ def test_threads_and_batch_independence():
     p, weight, log_t = (t.float() for t in parameters(2, False))
     args = (p, weight, log_t, 1e-6, (True, True, True, True))
     torch.set_num_threads(2)
-    two, _, _ = _native.native_forward(x, *args)
+    two, _, _ = native.native_forward(x, *args)
     torch.set_num_threads(1)
-    one, _, _ = _native.native_forward(x, *args)
+    one, _, _ = native.native_forward(x, *args)
     torch.testing.assert_close(two, one, rtol=0, atol=0)
     for i in range(9):
-        alone, _, _ = _native.native_forward(x[i : i + 1].contiguous(), *args)
+        alone, _, _ = native.native_forward(x[i : i + 1].contiguous(), *args)
         torch.testing.assert_close(alone[0], one[i], rtol=0, atol=0)
 
 
 def test_empty_batch_and_nan_rows():
     p, weight, log_t = (t.float() for t in parameters(1, False))
     branches = (True, True, True, True)
-    empty, attn, _ = _native.native_forward(torch.rand(0, C, N), p, weight, log_t, 1e-6, branches)
+    empty, attn, _ = native.native_forward(torch.rand(0, C, N), p, weight, log_t, 1e-6, branches)
     assert empty.shape == (0, 4, C) and attn.shape == (0, 1, N)
     x = torch.rand(2, C, N)
     x[1, 3, 5] = float("nan")
-    out, _, _ = _native.native_forward(x, p, weight, log_t, 1e-6, branches)
+    out, _, _ = native.native_forward(x, p, weight, log_t, 1e-6, branches)
     assert torch.isnan(out[1, 0, 3]) and torch.isnan(out[1, 1, 3])  # avg and max of the NaN row
     assert torch.isfinite(out[0]).all()
 
 
 def test_pool_branches_routes_float32_cpu_to_the_kernel(monkeypatch):
     calls = []
-    original = _native.NativeBranches.apply
-    monkeypatch.setattr(_native.NativeBranches, "apply", lambda *a: calls.append(a[0].dtype) or original(*a))
+    original = native.native_forward
+    monkeypatch.setattr(native, "native_forward", lambda *a: calls.append(a[0].dtype) or original(*a))
     p = torch.tensor(3.0, requires_grad=True)
-    _fused.pool_branches(torch.rand(2, C, 3, 3), (True, False, True, False), p=p)
-    _fused.pool_branches(torch.rand(2, C, 3, 3, dtype=torch.float64), (True, False, True, False), p=p.double())
-    _fused.pool_branches(torch.rand(2, C, 3, 3), (True, False, True, False), p=torch.tensor(0.5))  # p < 1: torch
+    kernels.pool_branches(torch.rand(2, C, 3, 3), (True, False, True, False), p=p)
+    kernels.pool_branches(torch.rand(2, C, 3, 3, dtype=torch.float64), (True, False, True, False), p=p.double())
+    kernels.pool_branches(torch.rand(2, C, 3, 3), (True, False, True, False), p=torch.tensor(0.5))  # p < 1: torch
     assert calls == [torch.float32]
 
 
@@ -151,8 +152,8 @@ def test_attention_pool_runs_on_the_kernel_and_matches_float64(monkeypatch):
     """AttentionPool on its own (2 heads, learnable temperature) takes the kernel in float32; its output, attention
     maps and the gradients of the projection, the temperature and the input match the float64 torch path."""
     calls = []
-    original = _native.NativeBranches.apply
-    monkeypatch.setattr(_native.NativeBranches, "apply", lambda *a: calls.append(a[5]) or original(*a))
+    original = native.native_forward
+    monkeypatch.setattr(native, "native_forward", lambda *a: calls.append(a[5]) or original(*a))
     layer = AttentionPool(C, heads=2, temperature=0.7, learn_temperature=True)
     randomize_(layer, seed=4)
     x64 = torch.randn(3, C, 4, 5, dtype=torch.float64)
@@ -175,8 +176,8 @@ def test_attention_pool_runs_on_the_kernel_and_matches_float64(monkeypatch):
 
 def test_gap_init_stays_bit_exact_on_the_kernel(monkeypatch):
     calls = []
-    original = _native.NativeBranches.apply
-    monkeypatch.setattr(_native.NativeBranches, "apply", lambda *a: calls.append(1) or original(*a))
+    original = native.native_forward
+    monkeypatch.setattr(native, "native_forward", lambda *a: calls.append(1) or original(*a))
     layer = HybridPool(C, init="gap")
     x = torch.randn(3, C, 5, 7)
     assert torch.equal(layer(x), x.mean((2, 3)))
@@ -188,28 +189,28 @@ def test_gap_init_stays_bit_exact_on_the_kernel(monkeypatch):
 def test_build_cache_and_switch(tmp_path, monkeypatch):
     """The library is built once into HYBRIDPOOL_NATIVE_DIR and reused; HYBRIDPOOL_NATIVE=0 switches it off."""
     monkeypatch.setenv("HYBRIDPOOL_NATIVE_DIR", str(tmp_path))
-    _native.library.cache_clear()
+    native.library.cache_clear()
     try:
-        assert _native.library() is not None
+        assert native.library() is not None
         (built,) = tmp_path.glob("hybridpool_native_*.so")
         stamp = built.stat().st_mtime_ns
-        _native.library.cache_clear()
-        assert _native.library() is not None
+        native.library.cache_clear()
+        assert native.library() is not None
         assert built.stat().st_mtime_ns == stamp and list(tmp_path.iterdir()) == [built]
         monkeypatch.setenv("HYBRIDPOOL_NATIVE", "0")
-        _native.library.cache_clear()
-        assert _native.library() is None
+        native.library.cache_clear()
+        assert native.library() is None
     finally:
-        _native.library.cache_clear()
+        native.library.cache_clear()
 
 
 def test_without_a_compiler_one_warning_and_the_torch_path(tmp_path, monkeypatch):
     monkeypatch.setenv("HYBRIDPOOL_NATIVE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", "no-such-compiler-hybridpool")
-    _native.library.cache_clear()
+    native.library.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="no C compiler 'no-such-compiler-hybridpool'"):
-            assert _native.library() is None
+            assert native.library() is None
         layer = HybridPool(C)
         x = torch.rand(2, C, 3, 3)
         with warnings.catch_warnings():
@@ -217,19 +218,19 @@ def test_without_a_compiler_one_warning_and_the_torch_path(tmp_path, monkeypatch
             out = layer(x)
         torch.testing.assert_close(out.double(), layer.double()(x.double()), rtol=1e-5, atol=1e-6)
     finally:
-        _native.library.cache_clear()
+        native.library.cache_clear()
 
 
 def test_a_failing_build_warns_with_the_compiler_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HYBRIDPOOL_NATIVE_DIR", str(tmp_path))
-    monkeypatch.setattr(_native, "_FLAGS", (*_native._FLAGS, "-fno-such-flag-hybridpool"))
-    _native.library.cache_clear()
+    monkeypatch.setattr(native, "_FLAGS", (*native._FLAGS, "-fno-such-flag-hybridpool"))
+    native.library.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="no-such-flag-hybridpool"):
-            assert _native.library() is None
+            assert native.library() is None
         assert not list(tmp_path.glob("*.so"))  # no half-written library left behind
     finally:
-        _native.library.cache_clear()
+        native.library.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------------- log-sum-exp pooling
@@ -249,7 +250,7 @@ def test_lse_kernel_matches_float64_values_and_gradients(per_channel, scale):
     grads = {}
     for name, dtype in (("kernel", torch.float32), ("torch32", torch.float32), ("ref", torch.float64)):
         x, r = x64.to(dtype).requires_grad_(), r64.to(dtype).requires_grad_()
-        y = _native.NativeLSE.apply(x, r) if name == "kernel" else lse64(x, r)
+        y = ops.lse(x, r) if name == "kernel" else lse64(x, r)
         torch.autograd.backward(y, g.to(dtype))
         grads[name] = [t.detach().double() for t in (y, x.grad, r.grad)]
     # float32 error: within 2e-6 * scale + 2e-5 relative, or within twice torch's own float32 error. dL/dr sums
@@ -270,7 +271,7 @@ def test_lse_kernel_non_finite_rows_follow_torch():
     x[0, 2, 3] = math.inf
     x[1, 5, 6] = math.nan
     r = torch.tensor(0.8)
-    got = _native.NativeLSE.apply(x, r)
+    got = ops.lse(x, r)
     torch.testing.assert_close(got, lse64(x.double(), r.double()).float(), rtol=2e-5, atol=2e-6, equal_nan=True)
     assert got[0, 1] == -math.inf and got[0, 2] == math.inf and math.isnan(got[1, 5])
 
@@ -280,21 +281,21 @@ def test_lse_kernel_threads_and_batch_independence():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        two = _native.NativeLSE.apply(x, r)
+        two = ops.lse(x, r)
         torch.set_num_threads(1)
-        one = _native.NativeLSE.apply(x, r)
+        one = ops.lse(x, r)
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(two, one, rtol=0, atol=0)
-    torch.testing.assert_close(_native.NativeLSE.apply(x[4:5].contiguous(), r)[0], one[4], rtol=0, atol=0)
+    torch.testing.assert_close(ops.lse(x[4:5].contiguous(), r)[0], one[4], rtol=0, atol=0)
 
 
 def test_lse_pool_routes_float32_cpu_to_the_kernel(monkeypatch):
     """LSEPool (scalar and per-channel r, channels_last input, half precision) takes the kernel in float32 and
     torch.logsumexp in float64; the two agree."""
     calls = []
-    original = _native.NativeLSE.apply
-    monkeypatch.setattr(_native.NativeLSE, "apply", lambda *a: calls.append(a[0].dtype) or original(*a))
+    original = native.lse_forward
+    monkeypatch.setattr(native, "lse_forward", lambda *a: calls.append(a[0].dtype) or original(*a))
     for layer in (LSEPool(r=2.5), LSEPool(C, r=0.7, per_channel=True)):
         x = torch.randn(3, C, 4, 5).to(memory_format=torch.channels_last)
         calls.clear()
@@ -309,8 +310,8 @@ def test_lse_pool_routes_float32_cpu_to_the_kernel(monkeypatch):
 
 def test_lse_with_a_non_positive_r_takes_torch(monkeypatch):
     calls = []
-    original = _native.NativeLSE.apply
-    monkeypatch.setattr(_native.NativeLSE, "apply", lambda *a: calls.append(1) or original(*a))
+    original = native.lse_forward
+    monkeypatch.setattr(native, "lse_forward", lambda *a: calls.append(1) or original(*a))
     x = torch.randn(2, C, 3, 3)
     out = lse_pool(x, torch.tensor(-0.5))
     assert not calls

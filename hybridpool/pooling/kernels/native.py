@@ -1,6 +1,7 @@
 """The native CPU kernel of the fused hybrid branches (which ``GeM`` and ``AttentionPool`` on their own also take)
-and of log-sum-exp pooling (``_native.c``): built with the system's C compiler on first use, cached, and called
-through :mod:`ctypes` on float32 CPU tensors.
+and of log-sum-exp pooling (``native.c``): built with the system's C compiler on first use, cached, and called
+through :mod:`ctypes` on float32 CPU tensors. The functions here are plain calls, without autograd: the torch ops
+of :mod:`.ops` wrap them.
 
 Why native: on a CPU, GeM's per-element ``log`` and ``exp`` are where a hybrid pool's time goes, and torch runs each
 as its own pass over memory with a full-size temporary. The C kernel reads each row of ``x`` once into the L1 cache
@@ -10,7 +11,7 @@ and does everything there, with ``log2`` / ``exp2`` as short polynomials that th
   ``$XDG_CACHE_HOME/hybridpool/native``, else ``~/.cache/hybridpool/native``), under a name that hashes the
   source, the flags and the CPU's feature flags; concurrent processes (a parallel sweep) write it atomically.
 - Off switch: ``HYBRIDPOOL_NATIVE=0``. Without a compiler, or when the build fails, one warning says so and the
-  layers use the torch path (``_fused.BlockedBranches``, ``torch.logsumexp``), which gives the same values more
+  layers use the torch path (:mod:`.reference`, ``torch.logsumexp``), which gives the same values more
   slowly.
 - Threads: the batch is split over ``torch.get_num_threads()`` OpenMP threads. The library links ``libgomp.so.1``,
   the runtime that torch's wheels load under that name, so the kernel shares torch's thread pool.
@@ -31,9 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ._fused import _gem_grad_p, _gem_row_coef, branch_context, save_branch_context
-
-_SOURCE = Path(__file__).with_name("_native.c")
+_SOURCE = Path(__file__).with_name("native.c")
 # -fno-trapping-math lets the compiler vectorise the branch-free selects of the polynomial log2 / exp2
 _FLAGS = ("-O3", "-march=native", "-std=gnu11", "-fopenmp", "-fno-trapping-math", "-fPIC", "-shared")
 _ptr = ctypes.c_void_p
@@ -59,7 +58,7 @@ def _cache_dir() -> Path:
 
 
 def _build(compiler: str, target: Path) -> None:
-    """Compile ``_native.c`` into ``target`` (written under a temporary name, then renamed: atomic)."""
+    """Compile ``native.c`` into ``target`` (written under a temporary name, then renamed: atomic)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
@@ -110,6 +109,13 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+@torch.compiler.assume_constant_result
+def available() -> bool:
+    """Whether the library loads (:func:`library`). Under ``torch.compile`` this is read once, while tracing, and
+    kept as a constant of the graph: whether a float32 CPU pool calls the kernel's op or the reference maths."""
+    return library() is not None
+
+
 def _threads(b: int) -> int:
     """OpenMP threads for a batch of ``b`` samples: torch's intra-op thread count, at most one per sample."""
     return max(1, min(b, torch.get_num_threads()))
@@ -131,7 +137,7 @@ def supports(x: torch.Tensor, p: torch.Tensor, eps: float, branches: tuple[bool,
         return False
     if branches[2] and (eps <= 0 or bool((p < 1).any())):
         return False
-    return library() is not None
+    return available()
 
 
 def native_forward(
@@ -144,7 +150,7 @@ def native_forward(
     need_p_grad: bool = False,
     exact_avg: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """:func:`_fused.branch_forward` in the native kernel (float32, contiguous ``x`` ``(B, C, N)``); same returns.
+    """:func:`.reference.branch_forward` in the native kernel (float32, contiguous ``x`` ``(B, C, N)``); same returns.
 
     ``exact_avg``: the average from torch's ``mean`` (one more pass over ``x``), bit for bit ``x.mean(2)``; the
     kernel's own sum adds in another order and can differ in the last bit.
@@ -196,109 +202,90 @@ def native_forward(
     return descriptors, (attn if use_attn else x.new_empty(0)), saved
 
 
-class NativeBranches(torch.autograd.Function):
-    """:class:`_fused.FusedBranches` in the native kernel: arguments and returns as there (``x`` float32 on a CPU),
-    plus ``exact_avg`` (:func:`native_forward`).
-
-    Forward keeps only per-``(B, C)`` and per-``(B, heads, N)`` tensors besides ``x``; backward recomputes GeM's
-    ``u^(p-1)`` and the max branch's ties row by row and writes the input gradient once.
-    """
-
-    @staticmethod
-    def forward(
-        ctx, x, p, weight, log_temperature, eps: float, branches: tuple[bool, bool, bool, bool], exact_avg=False
-    ):
-        descriptors, attn, saved = native_forward(
-            x, p, weight, log_temperature, eps, branches, ctx.needs_input_grad[1], exact_avg
-        )
-        save_branch_context(ctx, (x, p, weight, log_temperature), eps, branches, saved)
-        return descriptors, attn
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_attn):
-        x, p, weight, log_temperature, saved, grads = branch_context(ctx, grad_out)
-        grads = {kind: g.contiguous() for kind, g in grads.items()}  # the kernel reads (B, C) rows
-        _, _, use_gem, use_attn = ctx.branches
-        need_x, need_p, need_w, need_log_t = ctx.needs_input_grad[:4]
-        b, c, n = x.shape
-        grad_x = grad_p = grad_w = grad_log_t = None
-        coef = None
-        if use_gem:
-            if need_p:
-                grad_p = _gem_grad_p(grads["gem"], saved["y"], saved["s"], saved["t"], p)
-            if need_x:
-                coef = _gem_row_coef(grads["gem"], saved["s"], p.view(-1) if p.dim() else p, n).contiguous()
-        need_attn = use_attn and (need_x or need_w or need_log_t)
-        if not (need_x or need_attn):
-            return grad_x, grad_p, grad_w, grad_log_t, None, None, None
-        heads, d_logits, grad_w_rows, scaled_w = 1, None, None, None
-        if use_attn:
-            heads = weight.shape[0]
-            inv_t = torch.exp(-log_temperature)
-            scaled_w = (weight * inv_t).contiguous()
-            d_logits = x.new_empty(b, heads, n)
-            grad_w_rows = x.new_empty(b, heads, c) if need_w else None
-        grad_x = torch.empty_like(x) if need_x else None
-        p_c = p.detach().contiguous()
-        p_abs_max = float(p_c.max()) if coef is not None else 0.0  # p >= 1
-        g_attn = grads.get("attn") if use_attn else None
-        library().hp_backward(
-            _threads(b), x.data_ptr(), b, c, n, _addr(grads.get("avg") if need_x else None),
-            _addr(grads.get("max") if need_x else None), _addr(saved.get("peak")), _addr(coef),
-            _addr(p_c if coef is not None else None), int(p_c.dim() > 0), p_abs_max, ctx.eps, _addr(g_attn),
-            _addr(saved.get("attn")), _addr(scaled_w), heads, _addr(d_logits), _addr(grad_w_rows), _addr(grad_x),
-        )  # fmt: skip
-        if use_attn:
-            if need_w:
-                grad_w = grad_w_rows.sum(0) * inv_t
-            if need_log_t:
-                grad_log_t = -(d_logits * saved["logits"]).sum()
-        return grad_x, grad_p, grad_w, grad_log_t, None, None, None
+def native_backward(
+    x: torch.Tensor,
+    p: torch.Tensor,
+    scaled_weight: torch.Tensor,
+    peak: torch.Tensor,
+    attn: torch.Tensor,
+    grad_descriptors: torch.Tensor,
+    gem_coef: torch.Tensor,
+    eps: float,
+    branches: tuple[bool, bool, bool, bool],
+    need_x: bool,
+    need_w: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`.blocked.blocked_backward` in the native kernel: same arguments and returns (``x`` float32, contiguous
+    ``(B, C, N)``; GeM's ``p >= 1`` and ``eps > 0``). Recomputes GeM's ``u^(p-1)`` and the max branch's ties row by
+    row and writes the input gradient once."""
+    _, _, use_gem, use_attn = branches
+    b, c, n = x.shape
+    kinds = [kind for kind, on in zip(("avg", "max", "gem", "attn"), branches, strict=True) if on]
+    grads = {kind: g.contiguous() for kind, g in zip(kinds, grad_descriptors.unbind(1), strict=True)}  # (B, C) rows
+    need_w = need_w and use_attn
+    heads, d_logits, grad_w_rows = 1, None, None
+    if use_attn:
+        heads = scaled_weight.shape[0]
+        d_logits = x.new_empty(b, heads, n)
+        grad_w_rows = x.new_empty(b, heads, c) if need_w else None
+    grad_x = torch.empty_like(x) if need_x else None
+    coef = gem_coef.contiguous() if use_gem and need_x else None
+    p_c = p.detach().contiguous()
+    p_abs_max = float(p_c.max()) if coef is not None else 0.0  # p >= 1
+    peak_c = peak.contiguous() if branches[1] or use_gem else None
+    attn_c = attn.contiguous() if use_attn else None
+    w_c = scaled_weight.detach().contiguous() if use_attn else None
+    library().hp_backward(
+        _threads(b), x.data_ptr(), b, c, n, _addr(grads.get("avg") if need_x else None),
+        _addr(grads.get("max") if need_x else None), _addr(peak_c), _addr(coef),
+        _addr(p_c if coef is not None else None), int(p_c.dim() > 0), p_abs_max, eps, _addr(grads.get("attn")),
+        _addr(attn_c), _addr(w_c), heads, _addr(d_logits), _addr(grad_w_rows), _addr(grad_x),
+    )  # fmt: skip
+    return (
+        grad_x if grad_x is not None else x.new_empty(0),
+        d_logits if d_logits is not None else x.new_empty(0),
+        grad_w_rows.sum(0) if grad_w_rows is not None else x.new_empty(0),
+    )
 
 
 def lse_supports(x: torch.Tensor, r: torch.Tensor) -> bool:
-    """Whether :class:`NativeLSE` takes this call: contiguous float32 CPU ``x`` ``(B, C, N)``, ``r > 0`` scalar or
-    ``(C,)`` float32 (the kernel shifts each row by its max, which bounds ``exp(r x)`` for ``r > 0`` only), eager,
-    and the library loads."""
+    """Whether the kernel's log-sum-exp takes this call: contiguous float32 CPU ``x`` ``(B, C, N)``, ``r > 0`` scalar
+    or ``(C,)`` float32 (the kernel shifts each row by its max, which bounds ``exp(r x)`` for ``r > 0`` only), and
+    the library loads."""
     if not _kernel_layout(x):
         return False
     if r.dtype != torch.float32 or r.device.type != "cpu" or r.dim() > 1 or (r.dim() == 1 and r.numel() != x.shape[1]):
         return False
-    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or bool((r <= 0).any()):
+    if bool((r <= 0).any()):
         return False
-    return library() is not None
+    return available()
 
 
-class NativeLSE(torch.autograd.Function):
-    """Log-sum-exp pooling ``(1/r) log(mean_n exp(r x))`` in the native kernel: ``x`` ``(B, C, N)`` float32 on a
-    CPU, ``r`` ``()`` or ``(C,)`` -> ``(B, C)``. Backward recomputes the softmax weights of ``r x`` row by row
-    (nothing input-sized is kept besides ``x``); ``dy/dr = (mean of x under those weights - y) / r``."""
+def lse_forward(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-sum-exp pooling ``(1/r) log(mean_n exp(r x))`` in the kernel: ``x`` ``(B, C, N)`` float32, ``r`` ``()`` or
+    ``(C,)`` (:func:`lse_supports`). Returns ``(y, weighted_mean, peak, total)``, all ``(B, C)``: the pooled value,
+    the mean of ``x`` under the softmax weights of ``r x`` (``dy/dr = (weighted_mean - y) / r``), and each row's max
+    and sum of ``exp(r (x - max))``, which :func:`lse_backward` reads."""
+    b, c, n = x.shape
+    r_c = r.detach().contiguous()
+    y, weighted_mean, peak, total = (x.new_empty(b, c) for _ in range(4))
+    library().hp_lse_forward(
+        _threads(b), x.data_ptr(), b, c, n, r_c.data_ptr(), int(r_c.dim() > 0), y.data_ptr(),
+        weighted_mean.data_ptr(), peak.data_ptr(), total.data_ptr(),
+    )  # fmt: skip
+    return y, weighted_mean, peak, total
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        b, c, n = x.shape
-        r_c = r.detach().contiguous()
-        y, weighted_mean, peak, total = (x.new_empty(b, c) for _ in range(4))
-        library().hp_lse_forward(
-            _threads(b), x.data_ptr(), b, c, n, r_c.data_ptr(), int(r_c.dim() > 0), y.data_ptr(),
-            weighted_mean.data_ptr(), peak.data_ptr(), total.data_ptr(),
-        )  # fmt: skip
-        ctx.save_for_backward(x, r_c, y, weighted_mean, peak, total)
-        return y
 
-    @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):
-        x, r_c, y, weighted_mean, peak, total = ctx.saved_tensors
-        grad_x = grad_r = None
-        if ctx.needs_input_grad[0]:
-            b, c, n = x.shape
-            g = grad_y.contiguous()
-            grad_x = torch.empty_like(x)
-            library().hp_lse_backward(
-                _threads(b), x.data_ptr(), b, c, n, r_c.data_ptr(), int(r_c.dim() > 0), g.data_ptr(),
-                peak.data_ptr(), total.data_ptr(), grad_x.data_ptr(),
-            )  # fmt: skip
-        if ctx.needs_input_grad[1]:
-            per_row = grad_y * (weighted_mean - y) / r_c  # (B, C)
-            grad_r = per_row.sum() if r_c.dim() == 0 else per_row.sum(0)
-        return grad_x, grad_r
+def lse_backward(
+    x: torch.Tensor, r: torch.Tensor, grad_y: torch.Tensor, peak: torch.Tensor, total: torch.Tensor
+) -> torch.Tensor:
+    """The input gradient of :func:`lse_forward`, ``grad_y`` times the softmax weights of ``r x``, recomputed row by
+    row from the kept ``peak`` and ``total`` (nothing input-sized is kept besides ``x``)."""
+    b, c, n = x.shape
+    r_c, g = r.detach().contiguous(), grad_y.contiguous()
+    grad_x = torch.empty_like(x)
+    library().hp_lse_backward(
+        _threads(b), x.data_ptr(), b, c, n, r_c.data_ptr(), int(r_c.dim() > 0), g.data_ptr(),
+        peak.contiguous().data_ptr(), total.contiguous().data_ptr(), grad_x.data_ptr(),
+    )  # fmt: skip
+    return grad_x

@@ -1,8 +1,8 @@
 /* The avg / max / GeM / attention branches of a hybrid pool, and log-sum-exp pooling, on a CPU, float32, forward
  * and backward: one pass over each sample's (C, N) feature map, N = H * W, with the elementwise log2 / exp2 inlined
- * as short polynomials that the compiler vectorises (AVX2: 8 lanes). Built and called by _native.py; the batch is
- * split over OpenMP threads; the maths is that of _fused.py and functional.lse_pool (see there), and
- * tests/pooling/test_pool_native.py checks one against the other.
+ * as short polynomials that the compiler vectorises (AVX2: 8 lanes). Built and called by native.py, registered as
+ * torch ops in ops.py; the batch is split over OpenMP threads; the maths is that of reference.py / blocked.py and
+ * functional.lse_pool (see there), and tests/pooling/test_pool_native.py checks one against the other.
  *
  * Layouts (all contiguous, row-major): x (B, C, N); descriptors (B, k, C) for the k enabled branches in the order
  * avg, max, gem, attn; per-row statistics (B, C); attention logits / weights (B, heads, N); projection w (heads, C),
@@ -36,7 +36,7 @@ static inline float fast_log2(float v) {
 }
 
 /* 2^z for z clamped to [-126, 127]: 2^round(z) from the exponent bits times 2^f, f in [-1/2, 1/2], from the
- * degree-5 fit in _fused._EXP2_COEFFS (relative error < 8e-8). */
+ * degree-5 fit in reference._EXP2_COEFFS (relative error < 8e-8). */
 static inline float fast_exp2(float z) {
     z = z < -126.0f ? -126.0f : (z > 127.0f ? 127.0f : z);
     float whole = (z + 12582912.0f) - 12582912.0f; /* round to nearest: 1.5 * 2^23 leaves no fraction bits */
@@ -226,7 +226,7 @@ static void forward_samples(const float *x, int64_t b0, int64_t b1, int64_t C, i
 }
 
 /* Backward of samples [b0, b1). Upstream gradients per branch (B, C), NULL when the branch is off: g_avg, g_max,
- * gem_coef (the factor of u^(p-1), _fused._gem_row_coef), g_attn. Writes d_logits (B, heads, N) (attn: the
+ * gem_coef (the factor of u^(p-1), reference.gem_row_coef), g_attn. Writes d_logits (B, heads, N) (attn: the
  * gradient of the temperature-scaled logits), grad_w (B, heads, C) per sample (NULL: not needed) and grad_x
  * (B, C, N) (NULL: not needed). */
 static void backward_samples(const float *x, int64_t b0, int64_t b1, int64_t C, int64_t N, const float *g_avg,
