@@ -49,3 +49,16 @@ def test_a_command_without_its_extra_says_what_to_install(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "hybridpool-train: needs the training extra, missing pytorch-lightning" in err
     assert "pip install 'hybridpool[train]'" in err
+
+
+def test_the_run_wing_never_imports_the_sweep_and_its_package_is_light():
+    """``run/`` is called by ``sweep/`` and never the other way; ``import hybridpool.run`` loads no torch."""
+    code = (
+        "import sys\n"
+        "import hybridpool.run\n"
+        "print('torch' in sys.modules)\n"
+        "import hybridpool.run.train, hybridpool.run.build, hybridpool.run.module, hybridpool.run.ddp\n"
+        "print(sorted(m for m in sys.modules if m.startswith('hybridpool.sweep')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.split("\n")[:2] == ["False", "[]"]
