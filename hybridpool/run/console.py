@@ -42,6 +42,7 @@ def say(msg: str) -> None:
 
 
 def report(record: Any, seconds: float) -> None:
+    """The run's end: its status and headline metrics, then where each output went (record, CSV, W&B ...)."""
     d = record.data
     m = d.get("metrics") or {}
     shown = ", ".join(f"{k} {m[k]:.4f}" for k in ("test/acc", "val/acc", "test/acc_macro") if k in m)

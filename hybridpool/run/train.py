@@ -157,9 +157,7 @@ def train(cfg: DictConfig, placement: Placement | None = None, extra_callbacks: 
         if not ok and record.data["status"] == "running":
             record.fail(err, metrics=metrics, wandb=session.info)
             if rank_zero:
-                failure = {k: record.data.get(k) for k in ("status", "error")}
-                failure["traceback"] = (record.data.get("traceback") or "")[-4000:]
-                record.update(wandb=session.record_failure(cfg, failure))
+                record.update(wandb=session.record_failure(cfg, record.data))
         with contextlib.suppress(AttributeError, TypeError):
             err._hybridpool_record = str(record.path)  # type: ignore[union-attr]
         raise

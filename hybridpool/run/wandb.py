@@ -379,13 +379,16 @@ class WandbSession:
             if is_wandb_logger(lg):
                 lg.experiment.summary.update({**summary, "status": "completed"})
 
-    def record_failure(self, cfg: Any, failure: dict[str, Any]) -> dict[str, Any] | None:
-        """Put a failed run's status, error and traceback into its W&B run; start one if it failed before W&B.
+    def record_failure(self, cfg: Any, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Put a failed run's status, error and traceback (from its ``record`` data) into its W&B run's summary;
+        start a W&B run if it failed before W&B did.
 
         Best effort: W&B trouble never hides the run's own error. Returns the W&B run's info (or ``None``).
         """
         from hybridpool.run.console import say
 
+        failure = {"status": record.get("status"), "error": record.get("error")}
+        failure["traceback"] = (record.get("traceback") or "")[-4000:]
         try:
             import wandb
 

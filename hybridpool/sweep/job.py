@@ -29,7 +29,7 @@ def placement_of(job: SweepJob, plan: JobPlan) -> Placement:
         previous=plan.previous,
         job=job.describe(),
         wandb_group=job.wandb_group,
-        wandb_name=placement_name(job),
+        wandb_name=job.wandb_name,
         start_unix=job.start_unix,
     )
 
@@ -62,19 +62,11 @@ def record_early_failure(cfg: DictConfig, job: SweepJob, err: BaseException) -> 
     )
     record.data["job"] = job.describe()
     record.fail(err)
-    session = WandbSession(container, record.data["job"], group=job.wandb_group, name=placement_name(job))
-    failure = {k: record.data.get(k) for k in ("status", "error")}
-    failure["traceback"] = (record.data.get("traceback") or "")[-4000:]
-    info = session.record_failure(cfg, failure)
+    session = WandbSession(container, record.data["job"], group=job.wandb_group, name=job.wandb_name)
+    info = session.record_failure(cfg, record.data)
     if info is not None:
         record.update(wandb=info)
         session.finish([], ok=False)
-
-
-def placement_name(job: SweepJob) -> str:
-    """The W&B run name of a sweep job: ``#<num> <overrides>``."""
-    name = " ".join(job.overrides)
-    return f"#{job.num} {name}" if job.num is not None else name
 
 
 def run_sweep_job(cfg: DictConfig, job: SweepJob) -> float | None:

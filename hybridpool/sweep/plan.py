@@ -39,6 +39,12 @@ class SweepJob:
         base = f"{self.task_name}:{self.sweep_name}" if self.task_name else self.sweep_name
         return base[:128]
 
+    @property
+    def wandb_name(self) -> str:
+        """The W&B run name of the job: ``#<num> <overrides>``."""
+        name = " ".join(self.overrides)
+        return f"#{self.num} {name}" if self.num is not None else name
+
     def describe(self) -> dict[str, Any]:
         """The job's identity as plain data (stored in the record and the W&B config as ``job``)."""
         return {
