@@ -538,6 +538,21 @@ class ClassificationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                "the learning-rate schedule needs a finite run: set trainer.max_epochs or max_steps"
+            )
+        optimizer, sched = self.optimizer_and_schedule(max(1, int(total)), self.trainer.max_epochs or 0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def optimizer_and_schedule(
+        self, total_steps: int, max_epochs: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """The optimizer over the ``backbone``/``pool``/``head`` groups and its per-step schedule.
+
+        Shared by Lightning's :meth:`configure_optimizers` and :mod:`hybridpool.run.heads` (many heads per pass).
+        """
         groups = self.model.parameter_groups()
         keywords = getattr(self.optimizer_factory, "keywords", {}) or {}
         base_lr = float(keywords.get("lr", 1e-3))
@@ -552,24 +567,16 @@ class ClassificationModule(pl.LightningModule):
         if not param_groups:
             raise ValueError("nothing to train: every parameter of the model is frozen")
         optimizer = self.optimizer_factory(param_groups)
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ValueError(
-                "the learning-rate schedule needs a finite run: set trainer.max_epochs or max_steps"
-            )
-        total = max(1, int(total))
-        max_epochs = self.trainer.max_epochs or 0
-        steps_per_epoch = total / max_epochs if max_epochs > 0 else total
+        steps_per_epoch = total_steps / max_epochs if max_epochs > 0 else total_steps
         schedule = lr_lambda(
             self.scheduler_name,
-            total_steps=total,
+            total_steps=total_steps,
             warmup_steps=round(self.warmup_epochs * steps_per_epoch),
             min_lr_ratio=self.min_lr_ratio,
             step_every=round(self.step_size * steps_per_epoch),
             gamma=self.gamma,
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     # ------------------------------------------------------------------ exact resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -43,6 +43,13 @@ def best_checkpoint_callback(trainer: Any) -> Any:
     return monitored[0] if monitored else trainer.checkpoint_callback
 
 
+def checkpoint_epoch(path: str | Path) -> float:
+    """The (0-based) epoch a Lightning checkpoint was saved in."""
+    import torch
+
+    return float(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+
+
 def output_paths(output_dir: Path, trainer: Any, loggers: list[Any], callbacks: list[Any], cache: Any) -> dict:
     """Where the run's outputs are: folder, checkpoints (best, last), metrics CSV, attention maps, feature cache."""
     from pytorch_lightning.loggers import CSVLogger

@@ -71,6 +71,7 @@ def train(cfg: DictConfig, placement: Placement | None = None, extra_callbacks: 
     from hybridpool.run.outputs import (
         best_checkpoint_callback,
         cache_events,
+        checkpoint_epoch,
         float_metrics,
         keep_previous_csv,
         output_paths,
@@ -132,6 +133,8 @@ def train(cfg: DictConfig, placement: Placement | None = None, extra_callbacks: 
         best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
         if ckpt_cb is not None and getattr(ckpt_cb, "best_model_score", None) is not None:
             metrics[f"{ckpt_cb.monitor}_best"] = float(ckpt_cb.best_model_score)
+            if best:
+                metrics[f"{ckpt_cb.monitor}_best_epoch"] = checkpoint_epoch(best)
         # before test(): loading the best checkpoint restores the callback's older state
         paths = output_paths(output_dir, trainer, built.loggers, built.callbacks, built.cache)
         t_test = time.perf_counter()
