@@ -16,6 +16,7 @@ POOLS = sorted(p.stem for p in (config_dir() / "pool").glob("*.yaml"))
 SPECS = {
     "attn": "attn",
     "avg": "avg",
+    "cov": "cov",
     "flatten": "flatten",
     "gem": "gem",
     "gem_channel": "gem(per_channel=true)",
@@ -72,10 +73,18 @@ def test_every_pool_config_builds_through_the_factory_with_its_spec(name, make_c
         ("+pool.learn_pp=false", "pool.learn_pp", "learn_p", "per_channel"),
         ("+pool.mixng=gate", "pool.mixng", "mixing", "gate_hidden"),
         ("+pool.head=2", "pool.head", "heads", "learn_temperature"),
+        ("+pool.reduce_dims=32", "pool.reduce_dims", "reduce_dim", "normalization"),
+        ("+pool.normalisation=none", "pool.normalisation", "normalization", "iterations"),
     ],
 )
 def test_a_misspelled_pool_key_is_checked_against_the_spec_s_layer(override, path, suggestion, accepted, make_cfg):
-    pool = {"pool.learn_pp": "gem", "pool.mixng": "hybrid_gate", "pool.head": "attn"}[path]
+    pool = {
+        "pool.learn_pp": "gem",
+        "pool.mixng": "hybrid_gate",
+        "pool.head": "attn",
+        "pool.reduce_dims": "cov",
+        "pool.normalisation": "cov",
+    }[path]
     with pytest.raises(ConfigError) as err:
         validate_config(make_cfg([f"pool={pool}", override]))
     msg = str(err.value)

@@ -88,8 +88,9 @@ class Classifier(nn.Module):
         self.backbone = backbone
         channels = int(backbone.out_channels)
         self.pool = build_pool(pool, channels)
-        mult = int(self.pool.feat_mult()) if hasattr(self.pool, "feat_mult") else 1
-        self.embed_dim = channels * mult
+        # exact: feat_mult() may be a fraction (CovariancePool: d(d+1)/2 features for C channels)
+        mult = self.pool.feat_mult() if hasattr(self.pool, "feat_mult") else 1
+        self.embed_dim = int(channels * mult)
         self.post_bn = nn.BatchNorm1d(self.embed_dim) if post_bn else nn.Identity()
         self.dropout = nn.Dropout(float(dropout)) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(self.embed_dim, int(num_classes))

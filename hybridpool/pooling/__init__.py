@@ -11,6 +11,7 @@
 from . import functional
 from ._base import PoolBase
 from .attention import AttentionPool, QueryAttentionPool
+from .covariance import CovariancePool
 from .factory import (
     PoolFactory,
     canonical_spec,
@@ -30,6 +31,7 @@ from .surgery import swap_global_pool
 __all__ = [
     "MIXING_MODES",
     "AttentionPool",
+    "CovariancePool",
     "Flatten",
     "GeM",
     "GlobalAvgPool",

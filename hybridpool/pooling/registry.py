@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._base import PoolBase
 from .attention import AttentionPool, QueryAttentionPool
+from .covariance import CovariancePool
 from .flatten import Flatten
 from .layers import GeM, GlobalAvgPool, GlobalMaxPool, KMaxPool, LSEPool
 
@@ -15,6 +16,7 @@ SINGLE_POOLS: dict[str, type[PoolBase]] = {
     "kmax": KMaxPool,
     "attn": AttentionPool,
     "qattn": QueryAttentionPool,
+    "cov": CovariancePool,  # second order: (B, d(d+1)/2), not (B, C); not a HybridPool branch
     "flatten": Flatten,  # not a pooling: the whole map to the head; needs spatial_size=(H, W)
 }
 
@@ -28,6 +30,11 @@ ALIASES: dict[str, str] = {
     "attention": "attn",
     "query_attn": "qattn",
     "simpool": "qattn",
+    "covariance": "cov",
+    "bilinear": "cov",  # the layer; the bilinear CNN's own normalisation is cov(normalization=signed_sqrt)
+    "isqrt": "cov",
+    "isqrt_cov": "cov",
+    "second_order": "cov",
 }
 
 

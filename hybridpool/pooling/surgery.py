@@ -29,7 +29,7 @@ def _widened(linear: nn.Linear, pool: PoolBase) -> nn.Linear:
     hybrid with an ``avg`` branch computes exactly what the GAP model did; without one, the layer is re-initialised.
     """
     mult = pool.feat_mult()
-    new = nn.Linear(linear.in_features * mult, linear.out_features, bias=linear.bias is not None)
+    new = nn.Linear(int(linear.in_features * mult), linear.out_features, bias=linear.bias is not None)
     new = new.to(device=linear.weight.device, dtype=linear.weight.dtype)
     names = getattr(pool, "branch_names", [])
     if "avg" in names:
