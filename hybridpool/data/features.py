@@ -21,8 +21,9 @@ import hashlib
 import json
 import os
 import random
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from hybridpool.data.progress import Progress
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -136,6 +139,9 @@ class FeatureCache:
         batch_size: batch size of the one-off backbone pass.
         num_workers: DataLoader workers of that pass.
         device: device of that pass (``None``: CUDA when available, else CPU).
+        progress_every_s: during a long pass, a line with the images done and the time left every this many
+            seconds (a live bar instead when stderr is a terminal; a pass shorter than this prints nothing).
+        clock: ``monotonic()`` and ``time()`` of those lines (the ``time`` module; tests pass a fake one).
     """
 
     root: str | Path | None = None
@@ -143,6 +149,8 @@ class FeatureCache:
     num_workers: int = 0
     device: str | None = None
     events: list[CacheEvent] = field(default_factory=list)
+    progress_every_s: float = 30.0
+    clock: Any = field(default=time, repr=False, compare=False)
 
     @property
     def dir(self) -> Path:
@@ -214,6 +222,24 @@ class FeatureCache:
         self.events.append(CacheEvent("miss", split, key, time.perf_counter() - start))
         return CachedFeatureDataset(feats, labels)
 
+    def _progress(self, loader: Iterable[Any], split: str, n: int) -> Iterator[Any]:
+        """The batches ``(x, y)`` of ``loader``, with progress: a live bar on a terminal, else a line with the time
+        left every ``progress_every_s`` seconds (:class:`~hybridpool.data.progress.Progress`)."""
+        what = f"caching {split} features"
+        if _stderr_is_terminal():
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # pragma: no cover
+                pass
+            else:
+                yield from tqdm(loader, desc=f"{what} ({n} images)", leave=False)
+                return
+        progress = Progress(what, n, unit="images", every_s=self.progress_every_s, clock=self.clock)
+        for x, y in loader:
+            yield x, y
+            progress.advance(len(y))
+        progress.finish()
+
     def _compute(
         self, backbone: nn.Module, dataset: Dataset, entry: dict[str, Any], key: str
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -235,7 +261,7 @@ class FeatureCache:
         i = 0
         try:
             with _random_state_kept(device), torch.inference_mode():
-                for x, y in _progress(loader, f"caching {entry['split']} features ({n} images)"):
+                for x, y in self._progress(loader, entry["split"], n):
                     f = backbone(x.to(device)).float().cpu().numpy().astype(np.float16)
                     if out is None:
                         out = np.lib.format.open_memmap(
@@ -271,6 +297,13 @@ class FeatureCache:
         return found
 
 
+def _stderr_is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 #: datamodule description keys that do not change the images of the eval transforms (training seed, augmentation)
 NOT_IN_CACHE_KEY = ("seed", "augment", "train_transform")
 
@@ -283,14 +316,6 @@ def images_identity(description: dict[str, Any]) -> dict[str, Any]:
     change neither, so runs that differ only in those share one cache entry.
     """
     return {k: v for k, v in description.items() if k not in NOT_IN_CACHE_KEY}
-
-
-def _progress(iterable: Any, desc: str) -> Any:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False)
 
 
 class FeatureDataModule(pl.LightningDataModule):

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from hybridpool.arguments import ArgumentError, check_rules, number, raise_first
 from hybridpool.data.base import ClassificationDataModule, Transform
 from hybridpool.data.datasets import ImageFileDataset
 from hybridpool.data.errors import DatasetNotFoundError
+from hybridpool.data.progress import say
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -27,7 +31,11 @@ __all__ = [
     "DTDDataModule",
     "Flowers17DataModule",
     "ImageFolderDataModule",
+    "ImageSizes",
+    "infer_image_size",
+    "read_image_sizes",
     "scan_class_folders",
+    "spread_sample",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -53,6 +61,101 @@ def _read_table(path: Path) -> list[list[str]]:
     """Whitespace-separated rows of a CUB metadata file (first field = 1-based id)."""
     with open(path) as f:
         return [line.split(maxsplit=1) for line in f if line.strip()]
+
+
+def spread_sample(groups: Sequence[Sequence[Path]], n: int) -> list[Path]:
+    """Up to ``n`` paths spread over ``groups`` (one list of files per class): the quota goes round the classes
+    (at most a class's size each), and each class gives files evenly spaced over its sorted list. With more
+    classes than ``n``, ``n`` classes evenly spaced over them give one file each. Deterministic (no RNG)."""
+    groups = [list(g) for g in groups if len(g)]
+    if n <= 0 or not groups:
+        return []
+    if len(groups) > n:
+        groups = [groups[int(i)] for i in np.linspace(0, len(groups) - 1, n).round().astype(int)]
+    quota = [0] * len(groups)
+    left = n
+    while left > 0 and any(q < len(g) for q, g in zip(quota, groups, strict=True)):
+        for i, g in enumerate(groups):
+            if left > 0 and quota[i] < len(g):
+                quota[i] += 1
+                left -= 1
+    picked: list[Path] = []
+    for g, q in zip(groups, quota, strict=True):
+        if q:
+            picked.extend(g[int(j)] for j in np.linspace(0, len(g) - 1, q).round().astype(int))
+    return picked
+
+
+def read_image_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:
+    """``(width, height)`` of each readable image among ``paths``, from its header (PIL opens lazily: no pixel is
+    decoded); files PIL cannot open are left out."""
+    sizes = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                sizes.append((int(im.size[0]), int(im.size[1])))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return sizes
+
+
+@dataclass(frozen=True)
+class ImageSizes:
+    """What :func:`infer_image_size` read: ``sizes`` ``(width, height)`` of ``sampled`` files over ``classes``
+    classes, their median short side ``median_side`` (the lower median: the short side of one of the images) and the
+    ``image_size`` picked from it (the median clipped to ``AUTO_SIZE_RANGE``; ``None`` when no file was readable)."""
+
+    sizes: tuple[tuple[int, int], ...]
+    sampled: int
+    classes: int
+    median_side: int | None
+    image_size: int | None
+
+    def summary(self) -> str:
+        """``"64 sampled images over 10 classes, all 28x28 px"`` / ``"..., 20x20 to 40x30 px"``."""
+        what = f"{len(self.sizes)} sampled images over {self.classes} classes"
+        if not self.sizes:
+            return what
+        distinct = sorted(set(self.sizes), key=lambda wh: (min(wh), wh))
+        if len(distinct) == 1:
+            return f"{what}, all {distinct[0][0]}x{distinct[0][1]} px"
+        lo, hi = distinct[0], distinct[-1]
+        return f"{what}, {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]} px"
+
+
+#: the range an inferred image size is clipped to: 224 px (the size ImageNet backbones are trained at, and the
+#: default before the size was inferred) for photographs, no less than 8 px for tiny images
+AUTO_SIZE_RANGE = (8, 224)
+#: how many image headers the inference reads (spread over the classes)
+SIZE_SAMPLE = 64
+#: a given image_size at least this many times the images' median short side gets a warning (the cost and the fix)
+UPSAMPLE_WARN_RATIO = 4.0
+
+
+def infer_image_size(groups: Sequence[Sequence[Path]], sample: int = SIZE_SAMPLE) -> ImageSizes:
+    """The square side to train at for the images in ``groups`` (one list of files per class).
+
+    Reads the headers of up to ``sample`` files spread over the classes (:func:`spread_sample`), takes the lower
+    median of their short sides (a 28x28 folder gives 28; a folder of photos 500x375 gives 375) and clips it to
+    ``AUTO_SIZE_RANGE`` (375 -> 224, the input size of ImageNet backbones).
+    """
+    picked = spread_sample(groups, sample)
+    sizes = read_image_sizes(picked)
+    classes = sum(1 for g in groups if len(g))
+    if not sizes:
+        return ImageSizes((), len(picked), classes, None, None)
+    median = int(statistics.median_low(min(w, h) for w, h in sizes))
+    lo, hi = AUTO_SIZE_RANGE
+    return ImageSizes(tuple(sizes), len(picked), classes, median, min(hi, max(lo, median)))
+
+
+def _image_size_rule(arg: str, value: Any) -> ArgumentError | None:
+    """``image_size`` of an image folder: a number >= 1, or null / ``"auto"`` (inferred from the images)."""
+    if value is None or value == "auto":
+        return None
+    if number(arg, value, low=1) is None:
+        return None
+    return ArgumentError(arg, value, "a number >= 1, or null / 'auto' (inferred from the images)")
 
 
 class _FileDataModule(ClassificationDataModule):
@@ -284,9 +387,20 @@ class ImageFolderDataModule(_FileDataModule):
     Args:
         root: the dataset folder itself (required; not a data root).
         name: name used in ``describe()`` and results.
+        image_size: side of the square images the loaders return; ``None`` or ``"auto"`` (the default): inferred
+            from the data, the median short side of up to 64 training images (headers only) spread over the
+            classes, clipped to 8..224 px (:func:`infer_image_size`); one console line says what was picked and
+            how to override it. A given size at least 4x the images' median short side gets a warning with its
+            cost and the fix. ``describe()["image_size"]`` (the run's record) holds the side used.
         Other arguments as in :class:`~hybridpool.data.base.ClassificationDataModule` but ``channels`` and
         ``download``.
+
+    Attributes (beyond the base's): ``image_sizes`` (:class:`ImageSizes`, what was read), ``image_size_inferred``
+    (whether ``image_size`` came from the data).
     """
+
+    #: the side used when the size is to be inferred but no sampled image could be read
+    FALLBACK_SIZE: ClassVar[int] = 224
 
     def __init__(
         self,
@@ -295,10 +409,18 @@ class ImageFolderDataModule(_FileDataModule):
         *,
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
+        image_size: int | str | None = None,
         **kwargs: Any,
     ) -> None:
-        raise_first(self.check_args(root=root))
-        super().__init__(root=root, val_fraction=val_fraction, test_fraction=test_fraction, **kwargs)
+        raise_first(self.check_args(root=root, image_size=image_size))
+        infer = image_size is None or image_size == "auto"
+        super().__init__(
+            root=root,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            image_size=self.FALLBACK_SIZE if infer else image_size,
+            **kwargs,
+        )
         self.name = name
         self._check_data()
         if (self.root / "train").is_dir() and (self.root / "test").is_dir():
@@ -328,13 +450,62 @@ class ImageFolderDataModule(_FileDataModule):
             )
         self.num_classes = len(classes)
         self.class_names = classes
+        self.image_size_inferred = infer
+        self.image_sizes = self._read_sizes()
+        if infer:
+            self._infer_size()
+        else:
+            self._check_upsampling()
 
     @classmethod
     def check_args(cls, **kwargs: Any) -> list[ArgumentError]:
         root = kwargs.get("root", "")
         missing = "root" in kwargs and (root is None or str(root) == "")
         own = [ArgumentError("root", root, "the path of the dataset folder (config key data.root)")] if missing else []
+        if "image_size" in kwargs:
+            size = kwargs.pop("image_size")
+            own += [p for p in [_image_size_rule("image_size", size)] if p is not None]
         return [*own, *super().check_args(**kwargs)]
+
+    def _read_sizes(self) -> ImageSizes:
+        """The sizes of a sample of the training images (source ``train``, else ``all``), spread over the classes."""
+        source = "train" if "train" in self._files else "all"
+        files, labels = self._files[source], self._labels[source]
+        groups: list[list[Path]] = [[] for _ in range(self.num_classes)]
+        for f, y in zip(files, labels.tolist(), strict=True):
+            groups[y].append(f)
+        return infer_image_size(groups)
+
+    def _infer_size(self) -> None:
+        found = self.image_sizes
+        if found.image_size is None:
+            say(
+                f"data.image_size: none of {found.sampled} sampled images of {self.root} could be read, "
+                f"using {self.FALLBACK_SIZE}; set data.image_size=<side> to choose it"
+            )
+            return
+        self.image_size = found.image_size
+        lo, hi = AUTO_SIZE_RANGE
+        clipped = " " if found.image_size == found.median_side else f", clipped to {lo}..{hi}, "
+        hint = "; a pretrained ImageNet backbone may want data.image_size=224" if found.image_size < 64 else ""
+        say(
+            f"data.image_size={found.image_size} inferred from the data (median short side {found.median_side} px"
+            f"{clipped}of {found.summary()}); override with data.image_size=<side>{hint}"
+        )
+
+    def _check_upsampling(self) -> None:
+        """Warn (once, here) when the given size upsamples the images by ``UPSAMPLE_WARN_RATIO`` or more."""
+        median = self.image_sizes.median_side
+        size = int(self.image_size)  # type: ignore[arg-type]
+        if not median or size < UPSAMPLE_WARN_RATIO * median:
+            return
+        ratio = size / median
+        say(
+            f"warning: data.image_size={size} is {ratio:.3g}x the images' own size (median short side {median} px of "
+            f"{self.image_sizes.summary()}): each image is upsampled and costs about {ratio**2:.3g}x the compute of "
+            f"data.image_size={median}. Set data.image_size={median} (or data.image_size=null to infer it), unless "
+            "the model needs the larger input (e.g. a pretrained ImageNet backbone)"
+        )
 
     def _check_data(self) -> None:
         if not self.root.is_dir():

@@ -178,11 +178,14 @@ def build_loggers(cfg: DictConfig, session: WandbSession, tags: list[str]) -> li
 
 def build_callbacks(cfg: DictConfig, extra: list[Any], loggers: list[Any]) -> list[Any]:
     """``cfg.callbacks`` (each node with a ``_target_``) + ``extra``; no learning-rate monitor without a logger;
-    a one-line parameter summary unless the config brings its own ``ModelSummary`` or turns the summary off."""
+    a one-line parameter summary unless the config brings its own ``ModelSummary`` or turns the summary off; the
+    time left of a long run without a progress bar (:class:`~hybridpool.run.callbacks.TimeLeft`) unless the config
+    brings its own. Both only print, so they are not in the config (nor in its hash: a sweep still skips the runs
+    it recorded before)."""
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary
 
-    from hybridpool.run.callbacks import ParameterSummary
+    from hybridpool.run.callbacks import ParameterSummary, TimeLeft
 
     nodes = cfg.get("callbacks") or {}
     callbacks = [instantiate(n, _convert_="all") for n in nodes.values() if n is not None and "_target_" in n]
@@ -192,6 +195,8 @@ def build_callbacks(cfg: DictConfig, extra: list[Any], loggers: list[Any]) -> li
     wants_summary = cfg.trainer.get("enable_model_summary", True) is not False
     if wants_summary and not any(isinstance(c, ModelSummary) for c in callbacks):
         callbacks.append(ParameterSummary())  # one line instead of Lightning's table
+    if not any(isinstance(c, TimeLeft) for c in callbacks):
+        callbacks.append(TimeLeft())
     return callbacks
 
 

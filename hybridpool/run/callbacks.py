@@ -1,7 +1,9 @@
-"""Lightning callbacks of hybridpool: attention maps of the trained pool over validation images, a one-line summary."""
+"""Lightning callbacks of hybridpool: attention maps of the trained pool over validation images, a one-line summary,
+the time left of a long run."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +14,10 @@ import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.callbacks import ModelSummary
 
+from hybridpool.data.progress import eta_text
 from hybridpool.run.console import say
 
-__all__ = ["AttentionMaps", "ParameterSummary", "render_attention_panels", "save_attention_arrays"]
+__all__ = ["AttentionMaps", "ParameterSummary", "TimeLeft", "render_attention_panels", "save_attention_arrays"]
 
 
 def _count(n: int) -> str:
@@ -214,3 +217,95 @@ class AttentionMaps(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+
+class TimeLeft(pl.Callback):
+    """How long a run has been training and how long it has left, when no progress bar shows it.
+
+    With ``trainer.enable_progress_bar=false`` (the study, sweeps, logs), after an epoch (at most one such line
+    every ``epoch_every_s`` seconds) and every ``every_s`` seconds within a long epoch it prints one line::
+
+        [hybridpool] epoch 3/12: 41 s elapsed, about 2 min 10 s left (ETA 14:03 UTC)
+        [hybridpool] epoch 4/12, batch 120/400: 1 min 12 s elapsed, about 2 min 2 s left (ETA 14:03 UTC)
+
+    The time left extrapolates the time since training started (after the sanity check) over the share of the
+    epochs (or of ``max_steps``, whichever ends training first) done since then, so a resumed run counts from its
+    resumption. Short runs stay quiet: nothing while the estimated whole run is under ``min_run_s`` seconds, and
+    nothing after the last epoch (the run's report follows). Only global rank 0 prints; nothing under
+    ``fast_dev_run`` or while a progress bar is on (it shows its own estimate).
+
+    Args:
+        every_s: seconds between the lines within an epoch.
+        epoch_every_s: at least this many seconds between the lines after epochs (many short epochs: few lines).
+        min_run_s: runs estimated shorter than this print nothing.
+        clock: an object with ``monotonic()`` and ``time()`` (the ``time`` module; tests pass a fake one).
+    """
+
+    def __init__(
+        self, every_s: float = 30.0, epoch_every_s: float = 10.0, min_run_s: float = 20.0, clock: Any = time
+    ) -> None:
+        super().__init__()
+        self.every_s = float(every_s)
+        self.epoch_every_s = float(epoch_every_s)
+        self.min_run_s = float(min_run_s)
+        self.clock = clock
+        self.lines: list[str] = []  # what it printed (for tests and the curious)
+        self._active = False
+        self._start = 0.0
+        self._last = 0.0
+        self._epoch0 = 0
+        self._step0 = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._active = (
+            trainer.is_global_zero
+            and not getattr(trainer, "fast_dev_run", False)
+            and getattr(trainer, "progress_bar_callback", None) is None
+        )
+        self._start = self._last = self.clock.monotonic()
+        self._epoch0 = int(trainer.current_epoch)
+        self._step0 = int(trainer.global_step)
+
+    def _fraction(self, trainer: pl.Trainer, epochs_done: float) -> float | None:
+        """The share of this fit's training done, by epochs or by ``max_steps`` (the larger: that one ends it)."""
+        shares = []
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs > self._epoch0:
+            shares.append((epochs_done - self._epoch0) / (max_epochs - self._epoch0))
+        max_steps = trainer.max_steps
+        if max_steps is not None and max_steps > self._step0:
+            shares.append((trainer.global_step - self._step0) / (max_steps - self._step0))
+        return min(1.0, max(shares)) if shares else None
+
+    def _report(self, trainer: pl.Trainer, epochs_done: float, where: str) -> None:
+        now = self.clock.monotonic()
+        elapsed = now - self._start
+        fraction = self._fraction(trainer, epochs_done)
+        if fraction is not None and (fraction >= 1.0 or (fraction > 0 and elapsed / fraction < self.min_run_s)):
+            return  # the run is over, or short
+        if fraction is None and elapsed < self.min_run_s:
+            return
+        self._last = now
+        line = f"{where}: {eta_text(elapsed, fraction or 0.0, self.clock.time())}"
+        self.lines.append(line)
+        say(line)
+
+    def _epoch_name(self, trainer: pl.Trainer) -> str:
+        max_epochs = trainer.max_epochs
+        known = max_epochs is not None and max_epochs > 0
+        return f"epoch {trainer.current_epoch + 1}" + (f"/{max_epochs}" if known else "")
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._active or self.clock.monotonic() - self._last < self.every_s:
+            return
+        batches = trainer.num_training_batches
+        within = (batch_idx + 1) / batches if isinstance(batches, int) and batches > 0 else 0.0
+        of = f"/{batches}" if isinstance(batches, int) and batches > 0 else ""
+        where = f"{self._epoch_name(trainer)}, batch {batch_idx + 1}{of}"
+        self._report(trainer, trainer.current_epoch + within, where)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._active and (not self.lines or self.clock.monotonic() - self._last >= self.epoch_every_s):
+            self._report(trainer, trainer.current_epoch + 1, self._epoch_name(trainer))
