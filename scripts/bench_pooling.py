@@ -154,7 +154,7 @@ def bench_shape(shape, args, device, dtype) -> dict[str, dict[str, float]]:
     runs = {}
     for mode, make_run in (("fwd", forward_only), ("fwd+bwd", forward_backward)):
         for name, pool in candidates(shape[1], args.compile, args.layers).items():
-            runs[(name, mode)] = make_run(pool.to(device) if isinstance(pool, nn.Module) else pool, x)
+            runs[(name, mode)] = make_run(pool.to(device, dtype) if isinstance(pool, nn.Module) else pool, x)
     pools = list(dict.fromkeys(name for name, _ in runs))
     warm_start = time.perf_counter()
     for run in runs.values():  # warm-up (and compilation) outside the timed rounds

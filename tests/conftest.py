@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from engines import ray_head, slurm, slurm_cluster  # noqa: F401  (fixtures: real SLURM and Ray engines)
 from tiny_run import TINY
 
 

@@ -44,6 +44,22 @@ def _place(cfg: DictConfig, container: dict[str, Any], placement: Placement) -> 
     return cfg, validate_config(cfg)
 
 
+def _terminated(built: Any, err: BaseException) -> SystemExit | None:
+    """The interruption behind ``err`` when the process was told to stop (SIGTERM: ``scancel``, a time limit,
+    preemption) and ``err`` is only a consequence, e.g. W&B's service process, signalled with the job, gone
+    (``ConnectionResetError: Connection lost``); ``None`` otherwise. The run is then recorded as interrupted and
+    the process exits as one (SystemExit), instead of a sweep job ending as failed."""
+    if isinstance(err, (KeyboardInterrupt, SystemExit)) or built is None:
+        return None
+    if not getattr(built.trainer, "received_sigterm", False):  # Lightning's SIGTERM handler, during fit and test
+        return None
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    stopped = SIGTERMException(f"SIGTERM received; then {type(err).__name__}: {err}")
+    stopped.__cause__ = err  # the record's traceback shows both
+    return stopped
+
+
 def train(cfg: DictConfig, placement: Placement | None = None, extra_callbacks: Sequence[Any] = ()) -> dict[str, float]:
     """Train and evaluate the run ``cfg``; return its final metrics.
 
@@ -157,12 +173,16 @@ def train(cfg: DictConfig, placement: Placement | None = None, extra_callbacks: 
         return metrics
     except BaseException as err:
         record.data["timing"].update(timing)
+        stopped = _terminated(built, err)
         if not ok and record.data["status"] == "running":
-            record.fail(err, metrics=metrics, wandb=session.info)
+            record.fail(stopped or err, metrics=metrics, wandb=session.info)
             if rank_zero:
                 record.update(wandb=session.record_failure(cfg, record.data))
-        with contextlib.suppress(AttributeError, TypeError):
-            err._hybridpool_record = str(record.path)  # type: ignore[union-attr]
+        for e in (err, stopped) if stopped is not None else (err,):
+            with contextlib.suppress(AttributeError, TypeError):
+                e._hybridpool_record = str(record.path)  # type: ignore[union-attr]
+        if stopped is not None:
+            raise stopped from err
         raise
     finally:
         t_finish = time.perf_counter()

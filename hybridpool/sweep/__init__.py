@@ -19,7 +19,8 @@ prints the summary (done, skipped, failed, ... and where each job lives) at the 
 
 Rooms: :mod:`.naming` (the folder name), :mod:`.plan` (skip/resume/run, locks), :mod:`.job` (one job of a
 multirun, handed to :func:`hybridpool.run.train` with a plain :class:`~hybridpool.run.Placement`),
-:mod:`.summary` (status), :mod:`.callback` (the Hydra callback), :mod:`.ray_workers` (Ray's long-lived workers).
+:mod:`.summary` (status), :mod:`.callback` (the Hydra callback), :mod:`.ray_workers` (Ray's long-lived workers),
+:mod:`.slurm` (SLURM: submit only the jobs left to run, know a job's end without accounting).
 The sweep calls the run; the run never imports the sweep. Importing this package imports no torch or
 Lightning: the Hydra callback and the status command stay fast.
 """

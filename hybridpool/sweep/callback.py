@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import socket
 import sys
@@ -85,13 +87,21 @@ def _register_own_launcher(config: Any) -> None:
 class SweepCallback(Callback):
     """Hydra callback (``hydra.callbacks.sweep``): the sweep's manifest at the start, the summary at the end.
 
-    Hydra calls it in the process that launches the jobs (``on_multirun_*``); the per-job hooks are no-ops.
+    Hydra calls it in the process that launches the jobs (``on_multirun_*``); the per-job hooks are no-ops. When
+    the sweep raises instead of ending (a launcher returned a job as failed: a Ray worker or a SLURM job lost),
+    Hydra skips ``on_multirun_end``; the summary is then written and printed when the process exits.
     """
 
     def __init__(self, print_summary: bool = True) -> None:
         self.print_summary = print_summary
         self.sweep_dir: Path | None = None
         self.start_unix: float | None = None
+        self._ended = True
+
+    def _end_at_exit(self, config: Any) -> None:
+        if not self._ended:
+            with contextlib.suppress(Exception):
+                self.on_multirun_end(config)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         overrides = [str(o) for o in config.hydra.overrides.task]
@@ -128,8 +138,12 @@ class SweepCallback(Callback):
             }
         )
         write_json_atomic(self.sweep_dir / MANIFEST_FILE, manifest)
+        self._ended = False
+        atexit.register(self._end_at_exit, config)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self._ended = True
+        atexit.unregister(self._end_at_exit)
         if self.sweep_dir is None:
             return
         summary = summarize(self.sweep_dir, since=self.start_unix)

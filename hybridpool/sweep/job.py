@@ -18,7 +18,7 @@ from hybridpool.run.console import say
 from hybridpool.run.resume import Placement
 from hybridpool.sweep.plan import JobPlan, SweepJob, job_lock, plan_job
 
-__all__ = ["placement_of", "run_sweep_job"]
+__all__ = ["job_plan", "placement_of", "run_sweep_job"]
 
 
 def placement_of(job: SweepJob, plan: JobPlan) -> Placement:
@@ -45,6 +45,14 @@ def _resolved(cfg: DictConfig) -> dict[str, Any]:
         from hybridpool.run.config import validate_config
 
         return validate_config(cfg)  # raises the explanatory ConfigError
+
+
+def job_plan(cfg: DictConfig, sweep_dir: Path) -> JobPlan:
+    """What the job of the composed ``cfg`` does in ``sweep_dir`` (skip, resume or run): the job's own plan, which a
+    launcher can also make before submitting it (:mod:`hybridpool.sweep.slurm`). A bad config raises ConfigError."""
+    container = _resolved(cfg)
+    output_dir = Path(container["paths"]["output_dir"]).absolute()
+    return plan_job(config_hash(container, output_dir), output_dir, sweep_dir)
 
 
 def record_early_failure(cfg: DictConfig, job: SweepJob, err: BaseException) -> None:
@@ -83,15 +91,12 @@ def run_sweep_job(cfg: DictConfig, job: SweepJob) -> float | None:
     label = f"job {job.num}" if job.num is not None else "job"
     try:
         job.task_name = str(cfg.get("task_name") or "") or None
-        container = _resolved(cfg)
-        output_dir = Path(container["paths"]["output_dir"]).absolute()
-        chash = config_hash(container, output_dir)
-        plan = plan_job(chash, output_dir, job.sweep_dir)
+        plan = job_plan(cfg, job.sweep_dir)
         with job_lock(plan.run_dir) as acquired:
             if not acquired:
                 say(f"{label}: {plan.run_dir} is being run by another process; leaving it to that one")
                 return None
-            plan = plan_job(chash, output_dir, job.sweep_dir)  # again, under the lock
+            plan = job_plan(cfg, job.sweep_dir)  # again, under the lock
             if plan.action == "skip":
                 say(f"{label} skipped: {plan.reason}")
                 value = ((plan.previous or {}).get("metrics") or {}).get(key) if key else None

@@ -18,6 +18,11 @@ launcher.
   same command.
 - After each job the worker frees what torch cached on its GPU; a worker whose CUDA context broke (a sticky
   CUDA error such as a device-side assert) is replaced by a fresh one before the next job.
+- Attached to a running cluster (``hydra/launcher=ray_cluster``: ``ray start`` elsewhere, with its own environment
+  and working directory), the jobs still write where the sweep command says: each job gets the sweep folder as an
+  absolute path, and the workers get the command's ``HYBRIDPOOL_*``, ``WANDB_*`` (not ``WANDB_API_KEY``) and
+  ``TORCH_HOME`` variables (:func:`forwarded_env`, as Ray's ``runtime_env.env_vars``; keys given in
+  ``hydra.launcher.ray.init.runtime_env.env_vars`` win).
 
 To run one job per task as the plugin does, select
 ``hydra.launcher._target_=hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher``.
@@ -38,7 +43,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-__all__ = ["JobWorker", "actor_options", "launch", "slot_count", "worker_reusable"]
+__all__ = ["JobWorker", "actor_options", "forwarded_env", "launch", "slot_count", "worker_reusable"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,18 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRIES = 3
 #: ``ray.remote`` options that only make sense for tasks
 _TASK_ONLY = ("max_calls", "max_retries", "retry_exceptions", "num_returns")
+
+
+#: the sweep command's variables handed to the workers of a cluster started elsewhere: where a job reads and
+#: writes (``paths.*`` read ``HYBRIDPOOL_*``), how W&B logs, where pretrained weights are
+FORWARDED_ENV_PREFIXES = ("HYBRIDPOOL_", "WANDB_", "TORCH_HOME")
+#: never copied into Ray's job config (readable on the cluster's dashboard): log workers in with ``wandb login``
+NOT_FORWARDED = frozenset({"WANDB_API_KEY"})
+
+
+def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``environ`` that the workers of an attached cluster get (:data:`FORWARDED_ENV_PREFIXES`)."""
+    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and k not in NOT_FORWARDED}
 
 
 def actor_options(remote: Mapping[str, Any]) -> dict[str, Any]:
@@ -116,27 +133,48 @@ def _failed(sweep_config: DictConfig, err: BaseException) -> JobReturn:
     )
 
 
-def _sweep_config(launcher: Any, overrides: Sequence[str], num: int) -> DictConfig:
-    """The config of job number ``num`` (as the plugin composes it)."""
+def _sweep_config(launcher: Any, overrides: Sequence[str], num: int, sweep_dir: Path) -> DictConfig:
+    """The config of job number ``num`` (as the plugin composes it), in the sweep folder ``sweep_dir``.
+
+    The folder is set as an absolute path: ``hydra.sweep.dir`` reads ``paths.log_dir`` from the environment (and
+    a relative one from the working directory), which on a worker of another machine are not the command's.
+    """
     sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = f"job_id_for_{num}"
         sweep_config.hydra.job.num = num
+        sweep_config.hydra.sweep.dir = str(sweep_dir)
     return sweep_config
+
+
+def _init_kwargs(init_cfg: DictConfig, environ: Mapping[str, str]) -> dict[str, Any]:
+    """``ray.init`` arguments: the launcher's ``ray.init``; attaching to a cluster, with :func:`forwarded_env`."""
+    kwargs = OmegaConf.to_container(init_cfg, resolve=True) or {}
+    assert isinstance(kwargs, dict)
+    kwargs.setdefault("object_store_memory", 78643200)  # as the plugin: enough for small hosts
+    if kwargs.get("address") or environ.get("RAY_ADDRESS"):
+        runtime_env = dict(kwargs.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**forwarded_env(environ), **(runtime_env.get("env_vars") or {})}
+        kwargs["runtime_env"] = runtime_env
+    return kwargs
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """Run the jobs on ``slot_count`` long-lived workers; returns their ``JobReturn`` in job order."""
     import ray
-    from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
 
     setup_globals()
     config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    launcher.ray_cfg.init.setdefault("object_store_memory", 78643200)  # as the plugin: enough for small hosts
-    start_ray(launcher.ray_cfg.init)
+    if ray.is_initialized():
+        log.info("Ray is already running.")
+    else:
+        kwargs = _init_kwargs(launcher.ray_cfg.init, os.environ)
+        shown = {k: v for k, v in kwargs.items() if k != "runtime_env"}
+        log.info(f"Initializing ray with config: {shown}")
+        ray.init(**kwargs)
 
     options = actor_options(OmegaConf.to_container(launcher.ray_cfg.remote, resolve=True) or {})
     slots = slot_count(options, ray.cluster_resources(), len(job_overrides))
@@ -151,7 +189,9 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
             log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
         state = Singleton.get_state()
         # each job's config is composed one ahead of a free worker, not all up front (the workers would wait)
-        configs = ((i, _sweep_config(launcher, o, initial_job_idx + i)) for i, o in enumerate(job_overrides))
+        configs = (
+            (i, _sweep_config(launcher, o, initial_job_idx + i, sweep_dir)) for i, o in enumerate(job_overrides)
+        )
         next_job = next(configs, None)
         while next_job is not None or running:
             while idle and next_job is not None:
