@@ -132,23 +132,28 @@ class Classifier(nn.Module):
         """``x: (B, in_channels, H, W) -> logits (B, num_classes)``."""
         return self.forward_head(self.forward_features(x))
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters split into ``backbone``, ``pool`` and ``head`` (post-BN + linear).
+    def parameter_groups(self, pool_weights: str = "head") -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters split into ``backbone``, ``pool`` and ``head``; each lands in exactly one group.
 
-        ``pool`` holds :func:`hybridpool.pooling.pooling_parameters` of the whole model (GeM p, LSE r,
-        temperatures, mixing logits, attention projections); each parameter lands in exactly one group.
+        ``pool`` holds the pools' shape parameters (:func:`hybridpool.pooling.pooling_parameters` with
+        ``kind="shape"``: GeM p, LSE r, temperatures, mixing logits), which get ``pool_lr_mult`` and no weight
+        decay. ``head`` holds post-BN and the linear layer and also the pools' weights (``kind="weights"``:
+        attention projections, query/key matrices, a gate network, a channel reduction), which train at the
+        head's rate: at 10x their softmax saturates within a few steps. ``pool_weights="pool"`` puts the weights
+        in ``pool`` instead (the rule before that was measured; kept to reproduce it).
         """
         from hybridpool.pooling import pooling_parameters
 
-        pool_ids = {id(p) for p in pooling_parameters(self)}
-        # parameters of the pool module that pooling_parameters() does not list still belong to the pool
-        pool_ids |= {id(p) for p in self.pool.parameters()}
+        if pool_weights not in ("head", "pool"):
+            raise ValueError(f"pool_weights must be 'head' or 'pool', got {pool_weights!r}")
+        shape_ids = {id(p) for p in pooling_parameters(self, "shape" if pool_weights == "head" else "all")}
         groups: dict[str, list[nn.Parameter]] = {"backbone": [], "pool": [], "head": []}
-        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        pool_ids = {id(p) for p in self.pool.parameters()}
+        backbone_ids = {id(p) for p in self.backbone.parameters()} - pool_ids
         for p in self.parameters():
             if not p.requires_grad:
                 continue
-            if id(p) in pool_ids:
+            if id(p) in shape_ids:
                 groups["pool"].append(p)
             elif id(p) in backbone_ids:
                 groups["backbone"].append(p)

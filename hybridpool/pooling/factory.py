@@ -17,7 +17,7 @@ An argument may be given in the spec or as a keyword argument, not both.
 plus the *identity arguments* whose value differs from the constructor's default, sorted, without spaces:
 
 - ``hybrid``: ``mixing`` (``hybrid`` is scalar mixing; ``hybrid(mixing=channel)``, ``hybrid(mixing=gate)``,
-  ``hybrid(mixing=concat)``);
+  ``hybrid(mixing=concat)``) and ``branch_norm`` (``hybrid(branch_norm=true)``);
 - ``gem`` and ``lse``: ``per_channel`` (``gem``, ``gem(per_channel=true)``).
 
 These arguments change what the layer is (its parameters' shapes, its output), so two configs that differ in
@@ -57,7 +57,11 @@ __all__ = [
 
 HYBRID = "hybrid"
 #: per registry name, the constructor arguments that make a different pool (written into the canonical spec)
-IDENTITY_ARGS: dict[str, tuple[str, ...]] = {HYBRID: ("mixing",), "gem": ("per_channel",), "lse": ("per_channel",)}
+IDENTITY_ARGS: dict[str, tuple[str, ...]] = {
+    HYBRID: ("mixing", "branch_norm"),
+    "gem": ("per_channel",),
+    "lse": ("per_channel",),
+}
 
 _SPEC = re.compile(r"^\s*(?P<name>[^\s(),=]+)\s*(?:\((?P<args>[^()]*)\))?\s*$")
 _KEY = re.compile(r"^[A-Za-z_]\w*$")
@@ -312,21 +316,41 @@ def pool_factory(spec: str, **kwargs: Any) -> PoolFactory:
 
 
 # ============================================================================================ parameters
-def pooling_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """The learnable parameters of every pooling layer inside ``module`` (p, r, temperatures, mixing, attention).
+POOLING_PARAMETER_KINDS = ("all", "shape", "weights")
 
-    Put them in their own optimizer group: GeM's ``p`` barely moves at a backbone's learning rate (the GeM authors
-    use 10x and no weight decay). Example::
 
-        pool_params = pooling_parameters(model)
-        ids = {id(p) for p in pool_params}
+def _is_weight(sub: nn.Module, name: str, p: nn.Parameter) -> bool:
+    """A weight matrix or a projection's parameter, as opposed to a shape parameter (p, r, temperature, mixing)."""
+    owner = sub.get_submodule(name.rsplit(".", 1)[0]) if "." in name else sub
+    return p.ndim >= 2 or isinstance(owner, (nn.Linear, nn.Conv1d, nn.Conv2d))
+
+
+def pooling_parameters(module: nn.Module, kind: str = "all") -> list[nn.Parameter]:
+    """The learnable parameters of every pooling layer inside ``module``.
+
+    Args:
+        module: any model (or a pooling layer).
+        kind: ``"all"``; ``"shape"``: the few numbers that shape a pool (GeM ``p``, LSE ``r``, temperatures,
+            mixing logits and blend, a learned query vector); ``"weights"``: weight matrices and the parameters
+            of projections (attention projections, query and key matrices, a gate network, a channel reduction).
+
+    Give the shape parameters their own optimizer group: GeM's ``p`` barely moves at a backbone's learning rate
+    (the GeM authors use 10x and no weight decay). Train the weights with the head instead: at 10x, Adam moves
+    each entry of a ``C x C`` or ``1 x C`` projection by about ``10 * lr`` per step, so attention logits (a sum
+    over ``C`` channels) jump by ``10 * lr * C`` times the feature scale and the softmax saturates within a few
+    steps (the attention pools' collapse on frozen MobileNetV2 features, ``paper/``). Example::
+
+        shape = pooling_parameters(model, "shape")
+        ids = {id(p) for p in shape}
         other = [p for p in model.parameters() if id(p) not in ids]
-        opt = torch.optim.AdamW([{"params": other}, {"params": pool_params, "lr": 10 * lr, "weight_decay": 0.0}], lr)
+        opt = torch.optim.AdamW([{"params": other}, {"params": shape, "lr": 10 * lr, "weight_decay": 0.0}], lr)
     """
+    if kind not in POOLING_PARAMETER_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; accepted: {', '.join(POOLING_PARAMETER_KINDS)}")
     seen: dict[int, nn.Parameter] = {}
     for sub in module.modules():
         if isinstance(sub, PoolBase):
-            for p in sub.parameters():
-                if p.requires_grad:
+            for name, p in sub.named_parameters():
+                if p.requires_grad and (kind == "all" or (kind == "weights") == _is_weight(sub, name, p)):
                     seen.setdefault(id(p), p)
     return list(seen.values())

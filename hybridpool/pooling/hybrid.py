@@ -7,6 +7,11 @@ Mixing modes, for ``n`` branches whose descriptors ``D`` are ``(B, n, C)``:
 - ``"gate"``: per-sample weights ``(B, n)`` from a small gating network on the branch descriptors;
 - ``"concat"``: concatenation ``(B, n * C)`` (``feat_mult() == n``), the fixed baseline.
 
+``branch_norm=True`` puts the branches on one scale before mixing: each descriptor ``D_i`` is divided by its
+per-sample RMS over channels, and the mix is multiplied back by the avg branch's RMS (the mean RMS of the branches
+without one), so max (larger) and avg (smaller) descriptors enter the weighted sum alike and the output keeps GAP's
+scale; with ``init="gap"`` it starts as GAP up to rounding.
+
 ``init="gap"`` starts as exact global average pooling, so swapping the layer into a trained GAP model changes
 nothing at step 0: the output is ``(1 - blend) * GAP + blend * mix(D)`` with a learnable ``blend`` that starts at 0.
 The weights actually applied (``effective_weights``) account for the blend.
@@ -52,6 +57,7 @@ class HybridPool(PoolBase):
             weighted mixing mode).
         gate_hidden: hidden width of the gating network (``mixing="gate"``).
         branch_kwargs: constructor arguments per branch name, e.g. ``{"gem": {"p": 2.0}, "attn": {"heads": 4}}``.
+        branch_norm: mix RMS-normalised descriptors, rescaled to the avg branch's RMS (module docstring).
         fused: compute the avg, max, gem and attn branches together in one pass with a shared backward
             (:mod:`hybridpool.pooling.kernels`); ``False`` runs every branch on its own (same values).
     """
@@ -64,6 +70,7 @@ class HybridPool(PoolBase):
         init: str = "uniform",
         gate_hidden: int = 64,
         branch_kwargs: Mapping[str, Mapping] | None = None,
+        branch_norm: bool = False,
         fused: bool = True,
         flatten: bool = True,
         input_fmt: str = "NCHW",
@@ -101,8 +108,11 @@ class HybridPool(PoolBase):
                     f"per sample (feat_mult() = {branch.feat_mult()}), but every branch must return (B, C) to be "
                     f"mixed with the others"
                 )
+        if branch_norm and mixing == "concat":
+            raise ValueError("branch_norm=True needs a weighted mixing mode, not mixing='concat'")
         self.mixing = mixing
         self.init = init
+        self.branch_norm = bool(branch_norm)
         self.fused = fused
         # The first avg / max / gem / attn branch of each kind can share one pass (see kernels/).
         self._fusable = {layer: name for name, layer in reversed(layer_of.items()) if layer in _FUSABLE}
@@ -192,6 +202,12 @@ class HybridPool(PoolBase):
             # sum(g * D) overflows float16 long before the descriptors do
             weights = self._weights(descriptors)
             work = descriptors.to(weights.dtype) if descriptors.dtype != weights.dtype else descriptors
+            scale = None
+            if self.branch_norm:
+                rms = work.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()  # (B, n, 1)
+                names = self.branch_names
+                scale = rms[:, names.index("avg")] if "avg" in names else rms.mean(1)  # (B, 1)
+                work = work / rms
             if self.mixing == "gate":
                 out = torch.einsum("bn,bnc->bc", weights, work)
             elif self.mixing == "channel":
@@ -200,6 +216,8 @@ class HybridPool(PoolBase):
                 out = torch.einsum("n,bnc->bc", weights, work)
             else:  # the same sum; on a CPU matmul's forward is about 3x faster and einsum's backward 2x
                 out = torch.matmul(weights, work)
+            if scale is not None:
+                out = out * scale
             out, weights = out.to(descriptors.dtype), weights.to(descriptors.dtype)
         if need_extras:
             extras["descriptors"] = descriptors

@@ -52,6 +52,7 @@ OPTIM_KEYS = (
     "head_lr_mult",
     "pool_lr_mult",
     "pool_weight_decay",
+    "pool_weights",
 )
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 

@@ -203,6 +203,9 @@ class ClassificationModule(pl.LightningModule):
         gamma: decay factor of the ``step`` schedule.
         backbone_lr_mult, head_lr_mult, pool_lr_mult: learning-rate multipliers of the three groups.
         pool_weight_decay: weight decay of the pooling parameters (0: no decay).
+        pool_weights: where the pools' weight matrices train: ``"head"`` (the head's rate and weight decay) or
+            ``"pool"`` (``pool_lr_mult``, ``pool_weight_decay``: the old rule, under which attention saturates;
+            :meth:`~hybridpool.models.Classifier.parameter_groups`).
         label_smoothing: cross-entropy label smoothing in ``[0, 1)``.
         log_pool_every_n_steps: how often the pool's ``stats()`` are logged during training steps (0: never);
             they are also logged at the end of every training epoch.
@@ -239,6 +242,7 @@ class ClassificationModule(pl.LightningModule):
         head_lr_mult: float = 1.0,
         pool_lr_mult: float = 10.0,
         pool_weight_decay: float = 0.0,
+        pool_weights: str = "head",
         label_smoothing: float = 0.0,
         log_pool_every_n_steps: int = 50,
         from_features: bool = False,
@@ -297,6 +301,9 @@ class ClassificationModule(pl.LightningModule):
             "pool": float(pool_lr_mult),
         }
         self.pool_weight_decay = float(pool_weight_decay)
+        if pool_weights not in ("head", "pool"):
+            raise ValueError(f"pool_weights must be 'head' or 'pool', got {pool_weights!r}")
+        self.pool_weights = pool_weights
         self.label_smoothing = float(label_smoothing)
         self.log_pool_every_n_steps = int(log_pool_every_n_steps)
         self.from_features = bool(from_features)
@@ -553,7 +560,7 @@ class ClassificationModule(pl.LightningModule):
 
         Shared by Lightning's :meth:`configure_optimizers` and :mod:`hybridpool.run.heads` (many heads per pass).
         """
-        groups = self.model.parameter_groups()
+        groups = self.model.parameter_groups(self.pool_weights)
         keywords = getattr(self.optimizer_factory, "keywords", {}) or {}
         base_lr = float(keywords.get("lr", 1e-3))
         param_groups = []

@@ -82,8 +82,14 @@ def test_classifier_shapes_and_parameter_groups(spec):
     groups = model.parameter_groups()
     ids = [id(p) for g in groups.values() for p in g]
     assert len(ids) == len(set(ids)) == sum(1 for _ in model.parameters())
-    assert {id(p) for p in pooling_parameters(model)} <= {id(p) for p in groups["pool"]}
+    # the pools' shape parameters get pool_lr_mult; their weights (the attention projection) train with the head
+    assert {id(p) for p in pooling_parameters(model, "shape")} == {id(p) for p in groups["pool"]}
+    assert {id(p) for p in pooling_parameters(model, "weights")} <= {id(p) for p in groups["head"]}
     assert {id(p) for p in model.head.parameters()} <= {id(p) for p in groups["head"]}
+    if "attn" in spec:
+        names = {id(p): n for n, p in model.named_parameters()}
+        assert "pool.branches.attn.proj.weight" in {names[id(p)] for p in groups["head"]}
+        assert {"pool.mix_logits", "pool.branches.gem.raw"} <= {names[id(p)] for p in groups["pool"]}
 
 
 def test_concat_hybrid_widens_the_head():

@@ -170,16 +170,27 @@ def ref_attention(x, weight, bias, temperature, heads) -> tuple[torch.Tensor, to
     return _attend(x, logits, temperature, heads)
 
 
-def ref_query_attention(x, w_key, query_vec, temperature, heads) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query attention with keys ``W_k x`` at every position and the query ``query_vec (B, C)``."""
+def ref_query_attention(
+    x, w_key, query_vec, temperature, heads, similarity="cosine"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query attention with keys ``W_k x`` at every position and the query ``query_vec (B, C)``.
+
+    ``similarity="dot"``: ``q_h . k_h / sqrt(d)``; ``"cosine"``: ``q_h . k_h / (|W_k,h^T q_h| |x_p|)``.
+    """
     b, c, h, w = x.shape
     d = c // heads
     xf = x.double().reshape(b, c, h * w)
-    keys = torch.einsum("oc,bcn->bon", w_key.detach().double(), xf)  # (B, C, N): W_k x per position
+    wk = w_key.detach().double()
+    keys = torch.einsum("oc,bcn->bon", wk, xf)  # (B, C, N): W_k x per position
     q = query_vec.double()
-    logits = torch.stack(
+    dots = torch.stack(
         [(q[:, k * d : (k + 1) * d, None] * keys[:, k * d : (k + 1) * d, :]).sum(1) for k in range(heads)], dim=1
-    ) / math.sqrt(d)
+    )  # (B, heads, N)
+    if similarity == "dot":
+        return _attend(x, dots / math.sqrt(d), temperature, heads)
+    u_norm = torch.stack([(q[:, k * d : (k + 1) * d] @ wk[k * d : (k + 1) * d]).norm(dim=1) for k in range(heads)], 1)
+    x_norm = xf.norm(dim=1)  # (B, N)
+    logits = dots / (u_norm[:, :, None].clamp_min(1e-12) * x_norm[:, None, :].clamp_min(1e-12))
     return _attend(x, logits, temperature, heads)
 
 
@@ -220,7 +231,9 @@ def reference(layer: torch.nn.Module, x: torch.Tensor, gate_weights: torch.Tenso
     if isinstance(layer, AttentionPool):
         return ref_attention(x, layer.proj.weight, layer.proj.bias, layer.temperature, layer.heads)[0]  # bias: None
     if isinstance(layer, QueryAttentionPool):
-        return ref_query_attention(x, layer.key, query_of(layer, x), layer.temperature, layer.heads)[0]
+        return ref_query_attention(
+            x, layer.key, query_of(layer, x), layer.temperature, layer.heads, layer.similarity
+        )[0]
     raise AssertionError(f"no reference for {type(layer).__name__}")
 
 

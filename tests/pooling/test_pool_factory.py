@@ -288,7 +288,7 @@ def test_the_identity_defaults_are_the_constructors():
 
     from hybridpool.pooling.factory import IDENTITY_ARGS
 
-    assert IDENTITY_ARGS == {"hybrid": ("mixing",), "gem": ("per_channel",), "lse": ("per_channel",)}
+    assert IDENTITY_ARGS == {"hybrid": ("mixing", "branch_norm"), "gem": ("per_channel",), "lse": ("per_channel",)}
     assert inspect.signature(HybridPool).parameters["mixing"].default == "scalar"
     for cls in (GeM, LSEPool):
         assert inspect.signature(cls).parameters["per_channel"].default is False
@@ -361,3 +361,22 @@ def test_pool_config_keys_follow_the_spec_to_the_constructor():
     assert "mixing" in pool_config_keys("hybrid(avg,max)") and "spatial_size" in pool_config_keys("flatten")
     with pytest.raises(ValueError, match="unknown pooling"):
         pool_config_keys("gemm")
+
+
+def test_pooling_parameters_split_shape_parameters_from_weights():
+    def names(layer, kind):
+        ids = {id(p) for p in pooling_parameters(layer, kind)}
+        return {n for n, p in layer.named_parameters() if id(p) in ids}
+
+    hybrid = create_pool("hybrid(avg,max,gem,attn)", C, init="gap")
+    assert names(hybrid, "shape") == {"mix_logits", "blend", "branches.gem.raw"}
+    assert names(hybrid, "weights") == {"branches.attn.proj.weight"}
+    assert names(hybrid, "all") == names(hybrid, "shape") | names(hybrid, "weights")
+    learned = create_pool("qattn", C, query="learned", learn_temperature=True)
+    assert names(learned, "shape") == {"query", "log_temperature"} and names(learned, "weights") == {"key"}
+    gap_query = create_pool("qattn", C)
+    assert names(gap_query, "weights") == {"key", "query.weight", "query.bias"}
+    gate = create_pool("hybrid(avg,max)", C, mixing="gate")
+    assert names(gate, "weights") == {"gate.0.weight", "gate.0.bias", "gate.2.weight", "gate.2.bias"}
+    with pytest.raises(ValueError, match="unknown kind 'matrices'; accepted: all, shape, weights"):
+        pooling_parameters(hybrid, "matrices")

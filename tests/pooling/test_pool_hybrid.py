@@ -13,13 +13,15 @@ from pool_refs import (
     query_of,
     randomize_,
     ref_attention,
+    ref_avg,
+    ref_max,
     ref_query_attention,
     ref_softmax,
     ref_static_weights,
     reference,
 )
 
-from hybridpool.pooling import AttentionPool, GeM, HybridPool, LSEPool, QueryAttentionPool, functional
+from hybridpool.pooling import AttentionPool, GeM, HybridPool, LSEPool, QueryAttentionPool, functional, pool_factory
 
 B = 3
 
@@ -215,15 +217,16 @@ def test_attention_map_is_the_softmax_used(heads):
     assert attn.std() > 1e-3  # the projection made a non-uniform map
 
 
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
 @pytest.mark.parametrize("query", ["gap", "learned"])
-def test_query_attention_map_is_the_softmax_used(query):
-    layer = QueryAttentionPool(C, heads=2, query=query, temperature=1.3).double()
+def test_query_attention_map_is_the_softmax_used(query, similarity):
+    layer = QueryAttentionPool(C, heads=2, query=query, similarity=similarity, temperature=1.3).double()
     randomize_(layer, seed=4, scale=2.0)
     x = feature_map(B, C, 4, 3)
     with torch.no_grad():
         out, extras = layer.forward_with_extras(x)
         q = query_of(layer, x)
-    ref_out, ref_map = ref_query_attention(x, layer.key, q, layer.temperature, 2)
+    ref_out, ref_map = ref_query_attention(x, layer.key, q, layer.temperature, 2, layer.similarity)
     assert extras["attn"].shape == (B, 2, 4, 3)
     torch.testing.assert_close(extras["attn"].sum((2, 3)), torch.ones(B, 2, dtype=torch.float64))
     torch.testing.assert_close(extras["attn"], ref_map, rtol=1e-10, atol=1e-12)
@@ -248,7 +251,7 @@ def test_hybrid_extras(mixing):
     torch.testing.assert_close(attn.sum((2, 3)), torch.ones(B, 2, dtype=torch.float64))
     a_branch, q_branch = layer.branches["attn"], layer.branches["qattn"]
     ref_a = ref_attention(x, a_branch.proj.weight, None, a_branch.temperature, 2)[1]
-    ref_q = ref_query_attention(x, q_branch.key, query_of(q_branch, x), q_branch.temperature, 2)[1]
+    ref_q = ref_query_attention(x, q_branch.key, query_of(q_branch, x), q_branch.temperature, 2, "cosine")[1]
     torch.testing.assert_close(attn, ref_a, rtol=1e-10, atol=1e-12)
     # ... and every attention branch's map under "<branch>.attn"
     torch.testing.assert_close(extras["attn.attn"], ref_a, rtol=1e-10, atol=1e-12)
@@ -293,3 +296,27 @@ def test_attention_entropy_limits():
 def test_attention_entropy_of_a_fresh_attention_layer_is_maximal():
     _, extras = AttentionPool(C, heads=2).forward_with_extras(feature_map(2, C, 3, 3, dtype=torch.float32))
     torch.testing.assert_close(functional.attention_entropy(extras["attn"]), torch.full((2, 2), math.log(9)))
+
+
+@pytest.mark.parametrize("mixing", ["scalar", "channel", "gate"])
+def test_branch_norm_mixes_rms_normalised_descriptors_at_the_avg_scale(mixing):
+    layer = HybridPool(C, ("avg", "max", "gem"), mixing=mixing, branch_norm=True).double()
+    randomize_(layer, seed=3)
+    x = feature_map(B, C, 4, 5)
+    out, extras = layer.forward_with_extras(x)
+    d = torch.stack([ref_avg(x), ref_max(x), reference(layer.branches["gem"], x)], dim=1)  # (B, 3, C)
+    rms = d.pow(2).mean(-1, keepdim=True).sqrt()
+    w = extras["mix"].double()  # (B, n) or (B, n, C)
+    mixed = (w.unsqueeze(-1) * (d / rms)).sum(1) if w.ndim == 2 else (w * (d / rms)).sum(1)
+    torch.testing.assert_close(out, mixed * rms[:, 0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer(x[1:2]), out[1:2], rtol=1e-12, atol=1e-14)  # independent of the batch
+
+
+def test_branch_norm_with_init_gap_starts_as_gap_and_names_another_pool():
+    layer = HybridPool(C, ("avg", "max", "gem", "attn"), init="gap", branch_norm=True).double()
+    x = feature_map(B, C, 3, 3) * 50.0  # branches on very different scales
+    torch.testing.assert_close(layer(x), ref_avg(x), rtol=1e-12, atol=1e-12)
+    assert pool_factory("hybrid", branch_norm=True).spec == "hybrid(branch_norm=true)"
+    assert pool_factory("hybrid", branch_norm=False).spec == "hybrid"
+    with pytest.raises(ValueError, match="branch_norm=True needs a weighted mixing mode"):
+        HybridPool(C, ("avg", "max"), mixing="concat", branch_norm=True)
