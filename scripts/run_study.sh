@@ -2,14 +2,17 @@
 # The study of paper/: every sweep, in order, then its small records copied into paper/results/.
 #
 #   scripts/run_study.sh                    # all parts; the wall time of the committed run: paper/results/README.md
-#   STUDY_PARTS="fg synth" scripts/run_study.sh     # some parts: fg fg_extra effnet fg_cub synth fashion synth_mix
+#   STUDY_PARTS="fg_cub fg" scripts/run_study.sh    # some parts: fg_cub fg_cub_arms fg fg_extra effnet synth
+#                                                   # synth_mix fashion
 #   STUDY_DIR=/tmp/study STUDY_WORKERS=2 scripts/run_study.sh
 #
-# Needs the offline data (HYBRIDPOOL_DATA_ROOT, TORCH_HOME; see ../shared/data/README.md) and the joblib launcher
-# (pip install -e '.[joblib]'). Re-running the same command skips the jobs already completed and runs the rest
-# again from the start (hybridpool/sweep.py; the study keeps no checkpoints), so an interrupted study is finished by
-# running it again. A job that fails is recorded
-# as failed and the sweep goes on; the report lists it. Feature caches go to HYBRIDPOOL_CACHE_DIR.
+# The frozen-backbone parts (fg*, effnet) train many heads per pass (hydra/launcher=heads: one process per sweep
+# trains all its pool x seed x split runs over the cached feature maps, each still its own run); the parts that train
+# a backbone (synth*, fashion) run one Lightning job per run on the joblib launcher (pip install -e '.[joblib]').
+# Needs the offline data (HYBRIDPOOL_DATA_ROOT, TORCH_HOME; see ../shared/data/README.md). Re-running the same
+# command skips the jobs already completed and resumes the interrupted ones (hybridpool/sweep/), so an interrupted
+# study is finished by running it again. A job that fails is recorded as failed and the sweep goes on; the report
+# lists it. Feature caches go to HYBRIDPOOL_CACHE_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +20,11 @@ PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
 STUDY_DIR="${STUDY_DIR:-outputs/study}"
 WORKERS="${STUDY_WORKERS:-2}"
-PARTS="${STUDY_PARTS:-fg fg_extra effnet fg_cub synth fashion synth_mix}"
+PARTS="${STUDY_PARTS:-fg_cub fg_cub_arms fg fg_extra effnet synth synth_mix fashion}"
 # seeds of every cell; the finished jobs of an earlier run with fewer seeds are skipped
-SEEDS="${STUDY_SEEDS:-0,1,2,3,4}"
+SEEDS="${STUDY_SEEDS:-0,1,2,3,4,5,6,7,8,9}"
+# data splits of Flowers-17 and DTD (stratified, seeded; CUB has its official train/test split)
+SPLITS="${STUDY_SPLITS:-0,1,2}"
 RESULTS="${STUDY_RESULTS:-paper/results}"
 export WANDB_MODE="${WANDB_MODE:-offline}"
 mkdir -p "$STUDY_DIR"
@@ -28,17 +33,19 @@ LOG="$STUDY_DIR/study.log"
 say() { echo "[study $(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
 train() { "$PY" -m hybridpool.cli "$@"; }
 
-# one sweep: sweep NAME OVERRIDES... -> $STUDY_DIR/NAME, jobs on $WORKERS local processes
-sweep() {
+# one sweep: sweep NAME OVERRIDES... -> $STUDY_DIR/NAME, jobs on $WORKERS local processes (joblib);
+# heads NAME OVERRIDES... -> the same with many heads per pass (one process)
+run_sweep() {
     local name="$1"; shift
     local t0; t0=$(date +%s)
     say "sweep $name: $*"
     SWEEPS+=("$STUDY_DIR/$name")
-    train -m "$@" hydra/launcher=joblib "hydra.launcher.n_jobs=$WORKERS" "hydra.sweep.dir=$STUDY_DIR/$name" \
-        >> "$STUDY_DIR/$name.log" 2>&1
+    train -m "$@" "hydra.sweep.dir=$STUDY_DIR/$name" >> "$STUDY_DIR/$name.log" 2>&1
     local rc=$?
     say "sweep $name: exit $rc, $(( $(date +%s) - t0 )) s; $(grep -h ' jobs: ' "$STUDY_DIR/$name.log" | tail -n 1)"
 }
+sweep() { local name="$1"; shift; run_sweep "$name" "$@" hydra/launcher=joblib "hydra.launcher.n_jobs=$WORKERS"; }
+heads() { local name="$1"; shift; run_sweep "$name" "$@" hydra/launcher=heads; }
 
 # compute a frozen backbone's feature cache (train, val and test splits) once, before parallel jobs need it
 # (one epoch, nothing kept)
@@ -50,20 +57,24 @@ warm() {
 }
 
 FG_POOLS="avg,max,gem,lse,kmax,attn,qattn,hybrid_scalar,hybrid_channel,hybrid_gate,hybrid_concat"
-# the single and hybrid pools of the fine-grained block, with and without post-pool BatchNorm
-fg_pools() {
-    local prefix="$1" data="$2" seeds="$3"; shift 3
-    sweep "$prefix-pools" experiment=study_fg "data=$data" "pool=$FG_POOLS" "seed=$seeds" "$@"
-    sweep "$prefix-nobn" experiment=study_fg "data=$data" pool=avg,max,gem,hybrid_scalar model.post_bn=false \
-        "seed=$seeds" "$@"
+# the fine-grained block on one data set: the single and hybrid pools, covariance pooling and the hybrid's design
+# arms (branch_norm, init=gap), seeds x splits, then the arms without post-pool BatchNorm
+fg_block() {
+    local data="$1"; shift
+    heads "fg-$data-pools" experiment=study_fg "data=$data" "pool=$FG_POOLS,cov" "seed=$SEEDS" "$@"
+    heads "fg-$data-hybrid-bn" experiment=study_fg "data=$data" pool=hybrid_scalar pool.branch_norm=true \
+        "seed=$SEEDS" "$@"
+    heads "fg-$data-hybrid-gapinit" experiment=study_fg "data=$data" pool=hybrid_scalar pool.init=gap "seed=$SEEDS" "$@"
 }
 # the flatten + FC head, GeM with fixed p between GAP (p=1) and max, and the two-branch hybrid trained jointly
-# or freeze-and-train
+# or freeze-and-train (not groupable: one Lightning job each)
 fg_extra() {
     local prefix="$1" data="$2" seeds="$3"; shift 3
-    sweep "$prefix-gem-fixed-p" experiment=study_fg "data=$data" pool=gem pool.learn_p=false pool.p=2,4,8 \
+    heads "$prefix-gem-fixed-p" experiment=study_fg "data=$data" pool=gem pool.learn_p=false pool.p=2,4,8 \
         "seed=$seeds" "$@"
-    sweep "$prefix-flatten" experiment=study_fg "data=$data" pool=flatten "pool.spatial_size=[7,7]" "seed=$seeds" "$@"
+    heads "$prefix-flatten" experiment=study_fg "data=$data" pool=flatten "pool.spatial_size=[7,7]" "seed=$seeds" "$@"
+    heads "$prefix-nobn" experiment=study_fg "data=$data" pool=avg,max,gem,hybrid_scalar model.post_bn=false \
+        "seed=$seeds" "$@"
     sweep "$prefix-schedule" experiment=study_fg "data=$data" pool=hybrid_scalar "pool.branches=[avg,max]" \
         pool.init=gap module.pool_schedule=joint,freeze_and_train "seed=$seeds" "$@"
 }
@@ -73,24 +84,43 @@ T0=$(date +%s)
 say "study: parts '$PARTS', $WORKERS workers, into $STUDY_DIR"
 for part in $PARTS; do
     case "$part" in
+    fg_cub)
+        # CUB's training split is 3.2x Flowers-17's (2,613 vs 816 images): 8 epochs; its official test split
+        warm experiment=study_fg data=cub
+        heads fg-cub-pools experiment=study_fg data=cub "pool=$FG_POOLS" trainer.max_epochs=8 "seed=$SEEDS"
+        ;;
+    fg_cub_arms)
+        # covariance pooling and the hybrid's design arms; the attention diagnosis: the rules before the fix
+        # (the pools' weights at pool_lr_mult; qattn's dot-product logits)
+        heads fg-cub-cov experiment=study_fg data=cub pool=cov trainer.max_epochs=8 "seed=$SEEDS"
+        heads fg-cub-hybrid-bn experiment=study_fg data=cub pool=hybrid_scalar pool.branch_norm=true \
+            trainer.max_epochs=8 "seed=$SEEDS"
+        heads fg-cub-hybrid-gapinit experiment=study_fg data=cub pool=hybrid_scalar pool.init=gap \
+            trainer.max_epochs=8 "seed=$SEEDS"
+        heads fg-cub-attn-before experiment=study_fg data=cub pool=attn optim.pool_weights=pool \
+            trainer.max_epochs=8 "seed=$SEEDS"
+        heads fg-cub-qattn-dot experiment=study_fg data=cub pool=qattn pool.similarity=dot pool.temperature=1.0 \
+            optim.pool_weights=pool,head trainer.max_epochs=8 "seed=$SEEDS"
+        ;;
     fg)
-        warm experiment=study_fg data=flowers17
-        warm experiment=study_fg data=dtd
-        fg_pools fg flowers17,dtd "$SEEDS"
+        # Flowers-17 and DTD side by side (one process each), every split
+        for split in ${SPLITS//,/ }; do
+            warm experiment=study_fg data=flowers17 "data.split_seed=$split"
+            warm experiment=study_fg data=dtd "data.split_seed=$split"
+        done
+        OMP_NUM_THREADS=1 fg_block flowers17 "data.split_seed=$SPLITS" &
+        OMP_NUM_THREADS=1 fg_block dtd "data.split_seed=$SPLITS" &
+        wait
+        for d in flowers17 dtd; do  # the background blocks' sweeps, for the collection below
+            SWEEPS+=("$STUDY_DIR/fg-$d-pools" "$STUDY_DIR/fg-$d-hybrid-bn" "$STUDY_DIR/fg-$d-hybrid-gapinit")
+        done
         ;;
     fg_extra)
-        fg_extra fg flowers17,dtd "$SEEDS"
-        ;;
-    fg_cub)
-        # CUB's training split is 3.2x Flowers-17's (2,613 vs 816 images): 8 epochs
-        warm experiment=study_fg data=cub
-        sweep fg-cub-pools experiment=study_fg data=cub "pool=$FG_POOLS" trainer.max_epochs=8 "seed=$SEEDS"
-        sweep fg-cub-nobn experiment=study_fg data=cub pool=avg,max,gem,hybrid_scalar model.post_bn=false \
-            trainer.max_epochs=8 "seed=$SEEDS"
+        fg_extra fg flowers17,dtd "$SEEDS" "data.split_seed=$SPLITS"
         ;;
     effnet)
         warm experiment=study_fg model=efficientnet_lite0 data=flowers17
-        sweep effnet experiment=study_fg model=efficientnet_lite0 data=flowers17 \
+        heads effnet experiment=study_fg model=efficientnet_lite0 data=flowers17 \
             pool=avg,max,gem,kmax,hybrid_scalar "seed=$SEEDS"
         ;;
     synth)
@@ -112,7 +142,7 @@ for part in $PARTS; do
             data.train_fraction=0.1 trainer.max_epochs=3 "seed=$SEEDS"
         sweep fashion experiment=study_fashion pool=avg,max,gem,hybrid_scalar "seed=$SEEDS"
         ;;
-    *) say "unknown part '$part' (known: fg fg_extra effnet fg_cub synth fashion synth_mix)"; exit 2 ;;
+    *) say "unknown part '$part' (known: fg_cub fg_cub_arms fg fg_extra effnet synth synth_mix fashion)"; exit 2 ;;
     esac
 done
 say "study: $(( $(date +%s) - T0 )) s wall in all"
