@@ -132,6 +132,7 @@ def test_group_problem_names_what_keeps_a_run_out_of_a_group(train_env: Path):
         heads_cfg(out, "hybrid_scalar", 0, "module.pool_schedule=freeze_and_train", "pool.init=gap")
     )
     assert "accumulate_grad_batches" in group_problem(heads_cfg(out, "avg", 0, "+trainer.accumulate_grad_batches=2"))
+    assert "num_workers" in group_problem(heads_cfg(out, "avg", 0, "data.num_workers=2"))
     with pytest.raises(ValueError, match="freeze_backbone"):
         train_heads([heads_cfg(out, "avg", 0, "model.freeze_backbone=false")])
     # seeds and pools share a group; other data does not
@@ -157,3 +158,33 @@ def test_heads_launcher_groups_frozen_jobs_runs_the_others_alone_and_skips_on_re
     assert again.returncode == 0, tail(again)
     assert json.loads((sweep / "summary.json").read_text())["counts"].get("skipped") == 4
     assert again.stdout.count("skipped: completed earlier") == 4
+
+
+def test_runs_of_one_seed_gather_each_training_batch_once(train_env: Path, monkeypatch):
+    from hybridpool.data.features import CachedFeatureDataset
+
+    calls = []
+    getitem = CachedFeatureDataset.__getitem__
+    monkeypatch.setattr(CachedFeatureDataset, "__getitem__", lambda self, i: calls.append(1) or getitem(self, i))
+    fetch = _Group.fetch
+    gathered = []
+
+    def counting_fetch(self, run, index):
+        before = len(calls)
+        out = fetch(self, run, index)
+        gathered.append(len(calls) - before)
+        return out
+
+    monkeypatch.setattr(_Group, "fetch", counting_fetch)
+
+    steps = 3 * 4  # 3 epochs of 64 training samples in batches of 16
+
+    def gathers(seeds: tuple[int, int]) -> int:
+        gathered.clear()
+        pools = zip(("avg", "gem"), seeds, strict=True)
+        train_heads([heads_cfg(train_env / f"s{seeds[0]}{seeds[1]}-{p}", p, s) for p, s in pools])
+        assert len(gathered) == 2 * steps  # every run took every step
+        return sum(gathered)
+
+    assert gathers((0, 0)) == steps  # one gather per step for both runs
+    assert gathers((0, 1)) == 2 * steps  # different seeds, different batch orders (and synthetic images)

@@ -90,6 +90,8 @@ def group_problem(cfg: DictConfig) -> str | None:
         return "module.robustness tests transform images"
     if not trainer.get("max_epochs") or int(trainer.get("max_epochs")) < 1:
         return "trainer.max_epochs is not set"
+    if int((cfg.get("data") or {}).get("num_workers", 0) or 0) > 0:
+        return "data.num_workers > 0 (grouped runs read the cached maps in memory, in this process)"
     if cfg.get("ckpt_path"):
         return f"ckpt_path={cfg.get('ckpt_path')}"
     for key, accepted in _TRAINER_DEFAULTS.items():
@@ -199,6 +201,7 @@ class _Group:
     def __init__(self, runs: list[_Run]):
         self.runs = runs
         self.shared: dict[str, tuple[Any, dict[str, Any]]] = {}  # data identity -> (backbone, datasets by split)
+        self.step_batches: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # this step's gathered batches
 
     @property
     def alive(self) -> list[_Run]:
@@ -277,6 +280,16 @@ class _Group:
         say(f"resuming {run.out_dir} at epoch {run.epoch} from {run.placement.ckpt}")
 
     # ------------------------------------------------------------------ one epoch
+    def fetch(self, run: _Run, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch ``index`` of ``run``'s cached split, gathered once per step for every run that
+        draws the same indices (runs of one seed share their batch order)."""
+        dataset = run.built.fit_datamodule.datasets["train"]
+        key = (id(dataset), run.built.device, tuple(int(i) for i in index))
+        if key not in self.step_batches:
+            x, y = dataset[index]
+            self.step_batches[key] = (x.to(run.built.device), y.to(run.built.device))
+        return self.step_batches[key]
+
     def begin_epoch(self, run: _Run) -> None:
         run.module.train()
         run.swap_in()
@@ -291,10 +304,11 @@ class _Group:
         t0 = time.perf_counter()
         run.swap_in()
         try:
-            batch = next(run.train_iter, None)
-            if batch is None:
+            try:
+                index = run.train_iter._next_index()  # the loader's own sampler step (its random draws included)
+            except StopIteration:
                 return False
-            x, y = (t.to(run.built.device) for t in batch)
+            x, y = self.fetch(run, index)
             module = run.module
             logits = module(x)
             loss = F.cross_entropy(logits, y, label_smoothing=module.label_smoothing)
@@ -573,7 +587,9 @@ def _fit(group: _Group) -> None:
             guarded(run, group.begin_epoch)
         stepping = [r for r in active if r.error is None]
         while stepping:
+            group.step_batches = {}
             stepping = [r for r in stepping if guarded(r, group.train_step) and r.error is None]
+        group.step_batches = {}
         for run in active:
             if run.error is None:
                 guarded(run, group.end_epoch)
