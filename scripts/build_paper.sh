@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make paper`: results records -> paper/generated (hybridpool-report) -> paper/main.pdf (latexmk + pdflatex).
 #
-#   scripts/build_paper.sh                 # records from paper/results (fixture records while it has none)
+#   scripts/build_paper.sh                 # records from paper/results (fixture records while it has none:
+#                                          # tests/report/fixtures/runs plus the fake 10-seed x 3-split study that
+#                                          # tests/report/fixtures/make_study.py writes into a temporary folder)
 #   PAPER_RESULTS=some/dir scripts/build_paper.sh
 #   PAPER_INSTALL_TEX=0 scripts/build_paper.sh   # never install TeX; fail if it is missing
 #   PAPER_DIR=/tmp/paper scripts/build_paper.sh   # build a copy of paper/ (main.tex, refs.bib) elsewhere (tests)
@@ -45,15 +47,21 @@ if ! have_tex; then
 fi
 
 if find "$RESULTS" -name results.json -print -quit 2>/dev/null | grep -q .; then
-    SOURCE="$RESULTS"
+    SOURCES=("$RESULTS")
+    SHOWN="$RESULTS"
 else
-    SOURCE="$FIXTURE"
-    say "no results records under $RESULTS: building from the fixture records ($FIXTURE), labelled PIPELINE CHECK"
+    STUDY_TMP="$(mktemp -d)"
+    trap 'rm -rf "$STUDY_TMP"' EXIT
+    "$PY" tests/report/fixtures/make_study.py "$STUDY_TMP/study" >/dev/null
+    SOURCES=("$FIXTURE" "$STUDY_TMP/study")
+    SHOWN="$FIXTURE <tests/report/fixtures/make_study.py output>"
+    say "no results records under $RESULTS: building from the fixture records ($FIXTURE and the fake study of" \
+        "tests/report/fixtures/make_study.py), labelled PIPELINE CHECK"
 fi
 
 rm -rf "$OUT"
-MPLBACKEND=Agg "$PY" -m hybridpool.report.cli "$SOURCE" --out "$OUT" --baseline avg --metric test/acc \
-    --command "hybridpool-report $SOURCE --out paper/generated --baseline avg --metric test/acc"
+MPLBACKEND=Agg "$PY" -m hybridpool.report.cli "${SOURCES[@]}" --out "$OUT" --baseline avg --metric test/acc \
+    --command "hybridpool-report $SHOWN --out paper/generated --baseline avg --metric test/acc"
 
 cd "$PAPER_DIR"
 latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error -quiet main.tex >/dev/null || {
@@ -63,4 +71,4 @@ latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error -quiet mai
 }
 info="$(du -k main.pdf | cut -f1) KiB"
 command -v pdfinfo >/dev/null 2>&1 && info="$(pdfinfo main.pdf | awk '/^Pages:/ {print $2}') pages, $info"
-say "built $PAPER_DIR/main.pdf ($info) from $SOURCE"
+say "built $PAPER_DIR/main.pdf ($info) from $SHOWN"

@@ -2,6 +2,10 @@
 
 :func:`analyse` turns a :class:`~hybridpool.report.runs.Study` into an :class:`Analysis` that the tables,
 figures and summaries render; every number they print comes from here (and so from :mod:`.stats`).
+Units are (split, seed) pairs (:class:`~hybridpool.report.runs.Unit`); intervals are :func:`.stats.unit_interval`
+(the t-interval, or the wider two-level bootstrap interval where the units come from two or more splits), and a
+comparison with the baseline is significant by :func:`.stats.significant` after Holm within its dataset.
+:func:`dataset_facts` says per dataset how many test images there are and what one is worth.
 """
 
 from __future__ import annotations
@@ -14,10 +18,32 @@ from typing import Any
 
 import numpy as np
 
-from hybridpool.report.runs import COMPLETED, Cell, Study, pool_key
-from hybridpool.report.stats import MeanCI, PairedComparison, holm, mean_ci, paired_comparison
+from hybridpool.report.runs import COMPLETED, SELECTION_NAMES, Cell, Study, Unit, pool_key, unit_split
+from hybridpool.report.stats import (
+    ALPHA,
+    MeanCI,
+    PairedComparison,
+    holm_family,
+    mean_ci,
+    paired_comparison,
+    unit_interval,
+)
 
-__all__ = ["Analysis", "CellSummary", "Comparison", "analyse", "cell_order", "cost_rows", "pool_internals", "pool_name"]
+__all__ = [
+    "Analysis",
+    "CellSummary",
+    "Comparison",
+    "DatasetFacts",
+    "analyse",
+    "cell_interval",
+    "cell_order",
+    "compare_units",
+    "cost_rows",
+    "dataset_facts",
+    "pool_internals",
+    "pool_name",
+    "selection_text",
+]
 
 #: display names, keyed by the canonical pool spec (:mod:`hybridpool.pooling.factory`), in the tables' order
 POOL_NAMES = {
@@ -34,6 +60,7 @@ POOL_NAMES = {
     "hybrid(mixing=channel)": "Hybrid (channel)",
     "hybrid(mixing=gate)": "Hybrid (gate)",
     "hybrid(mixing=concat)": "Hybrid (concat)",
+    "cov": "Covariance (iSQRT-COV)",
     "flatten": "Flatten + FC",
 }
 
@@ -56,19 +83,43 @@ def pool_name(pool: str, latex: bool = False) -> str:
     return name
 
 
+def cell_interval(values: dict, level: float = 0.95) -> MeanCI:
+    """The reported interval of a cell mean over its units (:func:`.stats.unit_interval`, splits as clusters)."""
+    return unit_interval(values, level, unit_split)
+
+
+def compare_units(x: dict, baseline: dict, level: float = 0.95) -> PairedComparison:
+    """:func:`.stats.paired_comparison` of two ``{unit: value}`` dicts, splits as the bootstrap's clusters."""
+    return paired_comparison(x, baseline, level, cluster_of=unit_split)
+
+
+def selection_text(sel: dict[str, int] | str) -> str:
+    """Words for a cell's (or dataset's) selection rule: ``best validation epoch``, ``last epoch`` or
+    ``mixed (k best validation epoch, m last epoch)``."""
+    if isinstance(sel, str):
+        return SELECTION_NAMES.get(sel, sel)
+    if not sel:
+        return "no runs"
+    if len(sel) == 1:
+        return SELECTION_NAMES[next(iter(sel))]
+    return "mixed (" + ", ".join(f"{n} {SELECTION_NAMES[k]}" for k, n in sorted(sel.items())) + ")"
+
+
 @dataclass
 class CellSummary:
-    """The metric of one cell over its completed seeds.
+    """The metric of one cell over its completed units.
 
-    ``values``: ``{seed: value}``; ``ci``: their mean and t-interval; ``expected``: seeds the block ran;
-    ``not_used``: ``{seed: why}`` for expected seeds without a usable value (failed, missing, ...).
+    ``values``: ``{unit: value}``; ``ci``: their mean and reported interval; ``expected``: units the block ran;
+    ``not_used``: ``{unit: why}`` for expected units without a usable value (failed, missing, ...);
+    ``selection``: ``{"best" | "last": runs}``, how the used runs' test metrics were selected.
     """
 
     cell: Cell
-    values: dict[int, float]
+    values: dict[Unit, float]
     ci: MeanCI
-    expected: tuple[int, ...]
-    not_used: dict[int, str]
+    expected: tuple[Unit, ...]
+    not_used: dict[Unit, str]
+    selection: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_label(self) -> str:
@@ -95,6 +146,7 @@ class Analysis:
     summaries: list[CellSummary]
     comparisons: list[Comparison]
     notes: list[str] = field(default_factory=list)
+    alpha: float = ALPHA
 
     def summary_of(self, cell: Cell) -> CellSummary:
         for s in self.summaries:
@@ -109,8 +161,8 @@ class Analysis:
         return None
 
 
-def _why_not_used(cell: Cell, seed: int, metric: str) -> str:
-    runs = [r for r in cell.runs if r.seed == seed]
+def _why_not_used(cell: Cell, unit: Unit, metric: str) -> str:
+    runs = [r for r in cell.runs if r.unit == unit]
     if not runs:
         return "missing"
     statuses = sorted({r.status for r in runs})
@@ -136,18 +188,25 @@ def _baseline_for(cell: Cell, baselines: list[Cell]) -> tuple[Cell | None, str]:
     return None, f"{len(matches)} baseline cells match; cannot pair"
 
 
-def analyse(study: Study, metric: str = "test/acc", baseline: str = "avg", level: float = 0.95) -> Analysis:
-    """Per-cell means and CIs of ``metric``; each non-baseline cell against the ``baseline`` pool, paired by seed.
+def analyse(
+    study: Study, metric: str = "test/acc", baseline: str = "avg", level: float = 0.95, alpha: float = ALPHA
+) -> Analysis:
+    """Per-cell means and intervals of ``metric``; each non-baseline cell against the ``baseline`` pool, paired by
+    unit.
 
     Holm's correction runs over the comparisons of one block (task x dataset x backbone), separately for the
-    t-test and the signed-rank test. ``baseline``: a pool spec (or an old conf name, see :func:`.runs.pool_key`).
+    t-test, the sign-flip test and the (supplementary) signed-rank test; a comparison is significant when the
+    t-test and the sign-flip test both reject at ``alpha`` after it. ``baseline``: a pool spec (or an old conf
+    name, see :func:`.runs.pool_key`).
     """
     baseline = pool_key(baseline)
     summaries = []
     for c in study.cells:
         values = c.completed(metric)
-        not_used = {s: _why_not_used(c, s, metric) for s in c.expected_seeds if s not in values}
-        summaries.append(CellSummary(c, values, mean_ci(list(values.values()), level), c.expected_seeds, not_used))
+        not_used = {u: _why_not_used(c, u, metric) for u in c.expected_units if u not in values}
+        summaries.append(
+            CellSummary(c, values, cell_interval(values, level), c.expected_units, not_used, c.selections(metric))
+        )
     comparisons: list[Comparison] = []
     notes: list[str] = []
     for block, cells in study.blocks().items():
@@ -160,15 +219,76 @@ def analyse(study: Study, metric: str = "test/acc", baseline: str = "avg", level
             if b is None:
                 notes.append(f"{'/'.join(block)}: {c.label}: not compared ({why})")
                 continue
-            family.append(Comparison(c, b, paired_comparison(c.completed(metric), b.completed(metric), level)))
-        pt = holm([f.result.p_t for f in family])
-        pw = holm([f.result.p_w for f in family])
-        for f, a, w in zip(family, pt, pw, strict=True):
-            f.result = replace(f.result, p_t_holm=a, p_w_holm=w)
+            r = compare_units(c.completed(metric), b.completed(metric), level)
+            sa, sb = c.selection(metric), b.selection(metric)
+            if sa != sb:
+                r = replace(
+                    r,
+                    notes=(
+                        *r.notes,
+                        f"test metrics selected by {selection_text(sa)} here, by {selection_text(sb)} for the baseline",
+                    ),
+                )
+            family.append(Comparison(c, b, r))
+        for f, adjusted in zip(family, holm_family([f.result for f in family], alpha), strict=True):
+            f.result = adjusted
         comparisons.extend(family)
     if not any(c.pool == baseline for c in study.cells) and study.cells:
         notes.append(f"no runs of the baseline pool {baseline!r}: no paired comparisons")
-    return Analysis(study, metric, baseline, level, summaries, comparisons, notes)
+    return Analysis(study, metric, baseline, level, summaries, comparisons, notes, alpha)
+
+
+@dataclass
+class DatasetFacts:
+    """What a block's numbers rest on: test images (``num_test``: the distinct sizes recorded), data splits and
+    seeds of its units, and how the test metrics were selected (``selection``: ``{"best" | "last": runs}``)."""
+
+    block: tuple[str, str, str]
+    num_test: tuple[int, ...]
+    splits: tuple[int, ...]
+    seeds: tuple[int, ...]
+    units: int
+    selection: dict[str, int]
+    num_classes: tuple[int, ...] = ()
+
+    @property
+    def image_pp(self) -> float:
+        """What one test image is worth in percentage points (``100 / n``; the smallest n when sizes differ)."""
+        return 100.0 / min(self.num_test) if self.num_test else math.nan
+
+    @property
+    def n_test_text(self) -> str:
+        if not self.num_test:
+            return "not recorded"
+        lo, hi = min(self.num_test), max(self.num_test)
+        return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
+
+    @property
+    def units_text(self) -> str:
+        if len(self.splits) >= 1:
+            return f"{self.units} ({len(self.splits)} × {len(self.seeds)})"
+        return f"{self.units} (seeds)"
+
+
+def dataset_facts(study: Study, metric: str = "test/acc") -> dict[tuple[str, str, str], DatasetFacts]:
+    """Per block: test-set sizes from the records' ``data.num_samples.test``, splits, seeds, units, selection."""
+    out = {}
+    for block, cells in study.blocks().items():
+        runs = [r for c in cells for r in c.latest(metric).values()]
+        units = {u for c in cells for u in c.expected_units}
+        sel: dict[str, int] = defaultdict(int)
+        for r in runs:
+            sel[r.selection] += 1
+        out[block] = DatasetFacts(
+            block,
+            tuple(sorted({r.num_test for r in runs if r.num_test})),
+            tuple(sorted({u.split for u in units if u.split is not None})),
+            tuple(sorted({u.seed for u in units})),
+            len(units),
+            dict(sel),
+            tuple(sorted({r.num_classes for r in runs if r.num_classes})),
+        )
+    return out
 
 
 def pool_internals(study: Study) -> list[dict[str, Any]]:

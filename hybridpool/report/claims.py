@@ -1,22 +1,39 @@
 """The study's named claims, tested from the records: one verdict with its numbers per claim and data set.
 
 A claim (:class:`Claim`) is declared, not coded: where it is tested (task or task/data patterns), and its tests,
-each a :class:`Contrast` (cell ``a`` beats cell ``b`` on a metric) or a :class:`Trend` (the metric rises along an
-ordered list of cells). Cells are chosen by :class:`Sel`: a pool name plus arm values from the flattened run config
-(``model.post_bn``, ``pool.p``, ``module.pool_schedule``...); :class:`Best` picks, per block, the cell with the
-highest mean among several. Adding a claim is adding one entry to :data:`CLAIMS`.
+each a :class:`Contrast` (cell ``a`` beats cell ``b``, or is not worse than it by more than a margin) or a
+:class:`Trend` (the metric rises along an ordered list of cells). Cells are chosen by :class:`Sel`: a pool name plus
+arm values from the flattened run config (``model.post_bn``, ``pool.p``, ``module.pool_schedule``...);
+:class:`Best` picks, per block, the cell with the highest mean *validation* accuracy among several (never the test
+metric it is then compared on). Adding a claim is adding one entry to :data:`CLAIMS`.
 
-Rules (the same for every claim):
+Rules (the same for every claim; :mod:`.stats` has the statistics):
 
-- A contrast is a paired comparison of ``a - b`` over the seeds both cells completed (:func:`.stats.paired_comparison`):
-  mean difference in percentage points, 95% t-interval, paired t-test, exact Wilcoxon, Cohen's ``d_z``.
-- Verdict: ``agrees`` when the interval lies above 0, ``contradicts`` when it lies below 0, ``inconclusive``
-  otherwise (with its ``n``). Claims whose cells have no completed runs say ``not tested`` and name the cells.
-- A trend agrees when its last cell beats its first (interval above 0) and no step falls significantly;
-  it contradicts when the last is significantly below the first or a step falls significantly. Cells without
-  runs are left out of the trend and named; a trend needs three cells with runs (two would be a contrast).
-- Each claim's p-values are also Holm-adjusted over the claim's tests (``p_t_holm`` in ``report.json``);
-  the verdicts use the unadjusted intervals, as the paper's text says.
+- A contrast is a paired comparison of ``a - b`` over the units (split, seed) both cells completed: mean
+  difference in percentage points with the reported interval (the t-interval, or the wider two-level bootstrap
+  interval where the units come from two or more data splits), the paired t-test, the paired sign-flip
+  permutation test, the exact Wilcoxon test (supplementary), Cohen's ``d_z`` and the number of exactly-zero
+  differences.
+- Each claim's p-values are Holm-adjusted over the claim's superiority tests (contrasts and trend end points, all
+  data sets), the t-test and the sign-flip test separately.
+- Superiority (``a > b``): ``agrees`` when the t-test and the sign-flip test both reject at 0.05 after Holm, the
+  mean difference is positive and the reported interval lies above 0; ``contradicts`` the same with the sign
+  reversed; ``inconclusive`` otherwise (so also when the two tests reject but the interval with the split's
+  variance includes 0, or when every unit gives the same difference: a zero-width interval measures no
+  uncertainty and the t-test is undefined).
+- Non-inferiority (``a`` is not worse than ``b`` by more than a margin ``m``; ``kind="noninferior"``):
+  ``m = max(margin_pp, margin_images / n_test)``, ``n_test`` the test set's size. ``agrees`` when the reported
+  interval of ``a - b`` lies above ``-m``; ``contradicts`` when it lies below ``-m``; ``inconclusive`` when it
+  contains ``-m`` (too wide to tell). A claim "on every data set" is an intersection-union test: it agrees when
+  every data set agrees, each at the 95% level, with no multiplicity correction needed.
+- A trend agrees when its last cell beats its first (the superiority rule) and no step falls (a step falls when
+  both tests reject unadjusted, the mean is negative and the interval lies below 0); it contradicts when the last
+  is significantly below the first or a step falls. Cells without runs are left out of the trend and named; a
+  trend needs three cells with runs (two would be a contrast).
+- Claims whose cells have no completed runs say ``not tested`` and name the cells; a test whose condition does
+  not hold in a block (``skip_if_best``) says ``not applicable`` there.
+- The test metrics of a run are those of its best validation epoch where the record says so (``val/acc_best_epoch``),
+  else of its last epoch; every finding names the rule of its two cells.
 
 :mod:`.verdicts` tests them (:func:`~.verdicts.evaluate_claims`, a pure function of a :class:`~.runs.Study`)
 and builds the claims' extra tables; nothing here or there reads files.
@@ -32,7 +49,22 @@ from typing import Any
 from hybridpool.report.analysis import pool_name
 from hybridpool.report.runs import MISSING, Cell, pool_key
 
-__all__ = ["CLAIMS", "DEFAULT_ARMS", "Best", "Claim", "Contrast", "S", "Sel", "Trend", "cell_label", "seed_values"]
+__all__ = [
+    "BEST_HYBRID",
+    "BEST_SINGLE",
+    "CLAIMS",
+    "DEFAULT_ARMS",
+    "VALIDATION",
+    "Best",
+    "Claim",
+    "Contrast",
+    "S",
+    "Sel",
+    "Trend",
+    "cell_label",
+    "seed_values",
+    "validation_rule",
+]
 
 # arm values a selector assumes for keys it does not name, when several cells would otherwise match
 DEFAULT_ARMS: dict[str, Any] = {
@@ -43,7 +75,15 @@ DEFAULT_ARMS: dict[str, Any] = {
     "pool.learn_p": True,
     "pool.branches": ["avg", "max", "gem", "attn"],
     "pool.init": "uniform",
+    "pool.normalization": "matrix_sqrt",  # covariance pooling: iSQRT-COV; the bilinear CNN's arm is signed_sqrt
+    "pool.centered": True,
+    "pool.branch_norm": False,  # the hybrid's design arm: per-branch normalisation before mixing
+    "pool.similarity": "cosine",  # query attention; the diagnosis arm is dot
+    "optim.pool_weights": "head",  # the pools' weight matrices train with the head; the diagnosis arm: "pool"
 }
+#: the validation score a :class:`Best` chooses by: per unit ``val/acc_best`` (the best validation epoch's
+#: accuracy, the epoch whose weights were tested) where recorded, else ``val/acc`` (the last epoch's)
+VALIDATION = "val/select"
 # metrics computed from two recorded ones: name -> (minuend, subtrahend)
 DERIVED = {"drop/shift": ("test/acc", "test_shift/acc"), "drop/grid": ("test/acc", "test_grid/acc")}
 METRIC_NAMES = {
@@ -51,6 +91,7 @@ METRIC_NAMES = {
     "gap/train-test": "train−test gap",
     "drop/shift": "accuracy drop on shifted images",
     "drop/grid": "accuracy drop on tile-shuffled images",
+    VALIDATION: "validation accuracy",
 }
 
 
@@ -140,26 +181,51 @@ def S(pool: str, arms: Mapping[str, Any] | None = None) -> Sel:
 
 @dataclass(frozen=True)
 class Best:
-    """The cell with the highest mean ``metric`` (over completed seeds) among ``options``, per block."""
+    """The cell with the highest mean ``metric`` (over its completed units) among ``options``, per block.
+
+    ``metric`` defaults to :data:`VALIDATION`: the choice is made on validation data, then the chosen cell is
+    compared on test data. Ties go to the first of ``options`` (their order in :data:`SINGLE`/:data:`HYBRID`).
+    """
 
     options: tuple[Sel, ...]
     name: str
-    metric: str = "test/acc"
+    metric: str = VALIDATION
 
     @property
     def label(self) -> str:
         return self.name
 
-    def find(self, cells: Sequence[Cell]) -> tuple[Cell | None, str]:
-        scored = []
+    def scores(self, cells: Sequence[Cell]) -> list[tuple[float, int, Cell]]:
+        """``(mean metric, units, cell)`` of every option with runs, in the options' order."""
+        out = []
         for sel in self.options:
             c, _ = sel.find(cells)
             vals = seed_values(c, self.metric) if c is not None else {}
             if vals:
-                scored.append((sum(vals.values()) / len(vals), c))
+                out.append((sum(vals.values()) / len(vals), len(vals), c))
+        return out
+
+    def find(self, cells: Sequence[Cell]) -> tuple[Cell | None, str]:
+        scored = self.scores(cells)
         if not scored:
             return None, f"no runs of {', '.join(s.label for s in self.options)}"
-        return max(scored, key=lambda t: t[0])[1], ""
+        return max(scored, key=lambda t: t[0])[2], ""
+
+    def chosen_text(self, cells: Sequence[Cell]) -> str:
+        """``best single pool (on validation): GeM, 85.20% over 30 units (best validation epoch); next GMP
+        85.10%`` for the findings' text."""
+        from hybridpool.report.tables import fmt_pct
+
+        scored = sorted(self.scores(cells), key=lambda t: -t[0])
+        if not scored:
+            return ""
+        mean, n, c = scored[0]
+        where = METRIC_NAMES.get(self.metric, self.metric)
+        rule = f" ({validation_rule(c)})" if self.metric == VALIDATION else ""
+        text = f"{self.name}, chosen on {where}: {cell_label(c)}, {fmt_pct(mean)}% over {n} units{rule}"
+        if len(scored) > 1:
+            text += f"; next {cell_label(scored[1][2])} {fmt_pct(scored[1][0])}%"
+        return text
 
 
 def cell_label(cell: Cell) -> str:
@@ -173,12 +239,29 @@ def cell_label(cell: Cell) -> str:
     return f"{name} [{', '.join(arms)}]" if arms else name
 
 
-def seed_values(cell: Cell, metric: str) -> dict[int, float]:
-    """``{seed: value}`` of the cell's completed runs; :data:`DERIVED` metrics are differences of two metrics."""
+def seed_values(cell: Cell, metric: str) -> dict:
+    """``{unit: value}`` of the cell's completed runs; :data:`DERIVED` metrics are differences of two metrics;
+    :data:`VALIDATION` is ``val/acc_best`` per unit where recorded, else ``val/acc``."""
+    if metric == VALIDATION:
+        best, last = cell.completed("val/acc_best"), cell.completed("val/acc")
+        return {u: best.get(u, last.get(u)) for u in sorted({*best, *last})}
     if metric in DERIVED:
         a, b = (cell.completed(m) for m in DERIVED[metric])
         return {s: a[s] - b[s] for s in a if s in b}
     return cell.completed(metric)
+
+
+def validation_rule(cell: Cell) -> str:
+    """Which validation number :data:`VALIDATION` used for ``cell``: ``best validation epoch``, ``last epoch`` or
+    ``mixed``."""
+    best, last = cell.completed("val/acc_best"), cell.completed("val/acc")
+    units = {*best, *last}
+    k = sum(1 for u in units if u in best)
+    if k == len(units):
+        return "val/acc_best: best validation epoch"
+    if k == 0:
+        return "val/acc: last epoch"
+    return f"mixed: val/acc_best on {k}, last-epoch val/acc on {len(units) - k} units"
 
 
 def _text(v: Any) -> str:
@@ -195,16 +278,31 @@ def _text(v: Any) -> str:
 # ============================================================================================ claims
 @dataclass(frozen=True)
 class Contrast:
-    """The claim ``a > b`` on ``metric``, paired by seed. ``blocks``: where (overrides the claim's patterns)."""
+    """The claim ``a > b`` on ``metric``, paired by unit. ``blocks``: where (overrides the claim's patterns).
+
+    ``kind="noninferior"``: the claim is instead that ``a`` is not worse than ``b`` by more than the margin
+    ``max(margin_pp / 100, margin_images / n_test)`` (see the module's rules). ``skip_if_best``: the test does not
+    apply in a block where this :class:`Best` picks ``b`` (e.g. "beats GAP where GAP is not the best single pool").
+    """
 
     a: Sel | Best
     b: Sel | Best
     metric: str = "test/acc"
     blocks: tuple[str, ...] = ()
+    kind: str = "superior"
+    margin_pp: float = 1.0
+    margin_images: int = 1
+    skip_if_best: Best | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("superior", "noninferior"):
+            raise ValueError(f"Contrast kind must be 'superior' or 'noninferior', got {self.kind!r}")
 
     @property
     def label(self) -> str:
         what = "" if self.metric == "test/acc" else f"{METRIC_NAMES.get(self.metric, self.metric)}: "
+        if self.kind == "noninferior":
+            return f"{what}{self.a.label} ≥ {self.b.label} − margin"
         return f"{what}{self.a.label} > {self.b.label}"
 
 
@@ -237,27 +335,54 @@ class Claim:
 
 
 FG = ("study_fg",)
-SINGLE = tuple(S(p) for p in ("avg", "max", "gem", "lse", "kmax", "attn", "qattn"))
+SINGLE = tuple(S(p) for p in ("avg", "max", "gem", "lse", "kmax", "attn", "qattn", "cov"))
 HYBRID = tuple(S(p) for p in ("hybrid", "hybrid(mixing=channel)", "hybrid(mixing=gate)", "hybrid(mixing=concat)"))
+BEST_SINGLE = Best(SINGLE, "best single pool")
+BEST_HYBRID = Best(HYBRID, "best hybrid")
+#: the hybrid chosen once, without looking at any data set: hybrid(avg,max,gem,attn), scalar mixing, at the
+#: default arms (uniform init, joint training, post-pool BatchNorm)
+DEFAULT_HYBRID = S("hybrid")
 TWO_BRANCH = {"pool.branches": ["avg", "max"]}
 FIXED_P = {"pool.learn_p": False}
+
+Q1_BLOCKS = ("study_fg", "study_synth", "study_fashion")
 
 CLAIMS: tuple[Claim, ...] = (
     Claim(
         "Q1a",
-        "A hybrid pool beats the best single pool",
+        "A hybrid chosen once, without looking at the data set, is as good as the best single pool chosen on "
+        "validation (within a margin), on every data set",
         "this study",
-        ("study_fg", "study_synth", "study_fashion"),
-        (Contrast(Best(HYBRID, "best hybrid"), Best(SINGLE, "best single pool")),),
-        note="Both the best single pool and the best hybrid are chosen by their mean on the same test data.",
+        Q1_BLOCKS,
+        (Contrast(DEFAULT_HYBRID, BEST_SINGLE, kind="noninferior", margin_pp=1.0, margin_images=1),),
+        note="The hybrid is hybrid(avg,max,gem,attn) with scalar mixing at the default arms, the same on every data "
+        "set. The best single pool is chosen per data set by its mean validation accuracy over units, then "
+        "compared on test data. Margin: 1 pp or one test image, whichever is larger.",
     ),
     Claim(
         "Q1b",
+        "The same hybrid beats GAP where GAP is not the best single pool (on validation)",
+        "this study",
+        Q1_BLOCKS,
+        (Contrast(DEFAULT_HYBRID, S("avg"), skip_if_best=BEST_SINGLE),),
+        note="Not applicable on a data set where GAP is the single pool with the best mean validation accuracy.",
+    ),
+    Claim(
+        "Q1c",
+        "The best hybrid beats the best single pool (both chosen on validation)",
+        "this study",
+        Q1_BLOCKS,
+        (Contrast(BEST_HYBRID, BEST_SINGLE),),
+        note="Both are chosen per data set by their mean validation accuracy, then compared on test data.",
+    ),
+    Claim(
+        "Q1d",
         "A richer mixing mode earns its parameters (beats scalar mixing)",
         "this study",
-        ("study_fg", "study_synth", "study_fashion"),
+        Q1_BLOCKS,
         (Contrast(Best(HYBRID[1:], "best non-scalar hybrid"), S("hybrid")),),
         tables=("modes",),
+        note="The non-scalar mode is chosen per data set on validation.",
     ),
     Claim(
         "Q2a",

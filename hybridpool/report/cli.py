@@ -36,8 +36,16 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def _claims_json(claims: Any) -> list[dict[str, Any]]:
+def _comparison_json(r: Any) -> dict[str, Any]:
     from dataclasses import asdict
+
+    out = asdict(r)
+    out["seeds"] = [str(u) for u in r.seeds]
+    out["units"] = [{"split": getattr(u, "split", None), "seed": getattr(u, "seed", u)} for u in r.seeds]
+    return out
+
+
+def _claims_json(claims: Any) -> list[dict[str, Any]]:
 
     out = []
     for r in claims:
@@ -49,8 +57,10 @@ def _claims_json(claims: Any) -> list[dict[str, Any]]:
                     "block": list(f.block) if f.block else None,
                     "verdict": f.verdict,
                     "text": f.text,
-                    "comparison": asdict(f.comparison) if f.comparison is not None else None,
-                    "steps": [asdict(s) for s in f.steps],
+                    "kind": f.kind,
+                    "margin": f.margin,
+                    "comparison": _comparison_json(f.comparison) if f.comparison is not None else None,
+                    "steps": [_comparison_json(s) for s in f.steps],
                 }
             )
         c = r.claim
@@ -67,8 +77,11 @@ def _claims_json(claims: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _report_json(analysis: Any, claims: Any = ()) -> dict[str, Any]:
+def _report_json(analysis: Any, claims: Any = (), literature: str = "") -> dict[str, Any]:
     from dataclasses import asdict
+
+    from hybridpool.report.analysis import dataset_facts
+    from hybridpool.report.stats import BOOTSTRAP_RESAMPLES, EXACT_MAX_N, PERMUTATION_RESAMPLES
 
     study = analysis.study
     cells = []
@@ -83,12 +96,13 @@ def _report_json(analysis: Any, claims: Any = ()) -> dict[str, Any]:
                 "pool": c.pool,
                 "arms": {k: v for k, v in c.arms.items()},
                 "values": {str(k): v for k, v in s.values.items()},
-                "expected_seeds": list(s.expected),
+                "expected_units": [str(u) for u in s.expected],
                 "not_used": {str(k): v for k, v in s.not_used.items()},
+                "selection": s.selection,
                 "ci": asdict(s.ci),
                 "vs_baseline": None
                 if comp is None
-                else {**asdict(comp.result), "baseline_arms": dict(comp.baseline.arms), "ci": asdict(comp.result.ci)},
+                else {**_comparison_json(comp.result), "baseline_arms": dict(comp.baseline.arms)},
             }
         )
     return _clean(
@@ -96,6 +110,29 @@ def _report_json(analysis: Any, claims: Any = ()) -> dict[str, Any]:
             "metric": analysis.metric,
             "baseline": analysis.baseline,
             "level": analysis.level,
+            "statistics": {
+                "alpha": analysis.alpha,
+                "decision": "significant when the paired t-test and the paired sign-flip test both reject at alpha "
+                "after Holm within the family (a claim, or one dataset's comparisons with the baseline)",
+                "sign_flip": f"exact over 2^n patterns for n <= {EXACT_MAX_N}, else {PERMUTATION_RESAMPLES} seeded "
+                "random patterns, p = (count + 1) / (N + 1)",
+                "interval": "t over all units; with >= 2 splits also the two-level percentile bootstrap (splits, then "
+                f"seeds within), {BOOTSTRAP_RESAMPLES} seeded resamples; the wider is reported",
+                "supplementary": "exact Wilcoxon signed-rank test",
+            },
+            "datasets": [
+                {
+                    "block": list(b),
+                    "num_test": list(f.num_test),
+                    "image_pp": f.image_pp,
+                    "splits": list(f.splits),
+                    "seeds": list(f.seeds),
+                    "units": f.units,
+                    "selection": f.selection,
+                }
+                for b, f in dataset_facts(study, analysis.metric).items()
+            ],
+            "literature": literature,
             "pipeline_check": study.fixture,
             "arm_keys": study.arm_keys,
             "counts": study.counts(),
@@ -136,11 +173,11 @@ def write_report(
     Raises ``ValueError`` when no run is found.
     """
     from hybridpool.report.analysis import analyse
-    from hybridpool.report.latex import write_claims, write_macros, write_results_body
+    from hybridpool.report.latex import claims_summary_table, write_claims, write_macros, write_results_body
     from hybridpool.report.runs import group_runs, load_runs
     from hybridpool.report.summary import write_summaries
-    from hybridpool.report.tables import PIPELINE_CHECK, build_tables, write_latex
-    from hybridpool.report.verdicts import claim_tables, evaluate_claims
+    from hybridpool.report.tables import PIPELINE_CHECK, build_tables, to_latex, write_latex
+    from hybridpool.report.verdicts import claim_tables, evaluate_claims, literature_line
 
     runs = load_runs(paths, wandb_offline=wandb_offline, wandb_project=wandb_project)
     if not runs:
@@ -162,18 +199,22 @@ def write_report(
 
         figs = write_figures(analysis, out / "figures")
         files += [p for v in figs.values() for p in v]
-    files.append(write_macros(analysis, out / "macros.tex", command))
+    claims = evaluate_claims(study, level, alpha=analysis.alpha)
+    lit_plain, lit_tex = literature_line(study, level)
+    files.append(write_macros(analysis, out / "macros.tex", command, claims, lit_tex))
     files.append(write_results_body(analysis, tables, out / "results.tex"))
-    claims = evaluate_claims(study, level)
     claim_tabs = {r.claim.key: claim_tables(r, study, level) for r in claims}
+    summary_table = claims_summary_table(claims)
     if study.fixture:
-        for t in (t for ts in claim_tabs.values() for t in ts):
+        for t in (*(t for ts in claim_tabs.values() for t in ts), summary_table):
             t.caption = f"{PIPELINE_CHECK}. {t.caption}"
-    files.append(write_claims(claims, claim_tabs, out / "claims.tex", level))
-    files += write_summaries(analysis, tables, figs, out, command, claims, claim_tabs)
+    (out / "tables" / "claims-summary.tex").write_text(to_latex(summary_table))
+    files.append(out / "tables" / "claims-summary.tex")
+    files.append(write_claims(claims, claim_tabs, out / "claims.tex", level, analysis.alpha))
+    files += write_summaries(analysis, tables, figs, out, command, claims, claim_tabs, summary_table, lit_plain)
     files.append(_runs_csv(study, out / "runs.csv"))
     rj = out / "report.json"
-    rj.write_text(json.dumps(_report_json(analysis, claims), indent=1, default=str) + "\n")
+    rj.write_text(json.dumps(_report_json(analysis, claims, lit_plain), indent=1, default=str) + "\n")
     files.append(rj)
     return {"analysis": analysis, "tables": tables, "claims": claims, "files": files}
 

@@ -1,5 +1,15 @@
 """Figures of the report (matplotlib, Agg backend), each written as PNG and PDF.
 
+The paper's two main figures:
+
+- ``differences``: per data set of the main table, each pool's paired per-unit differences to the baseline (GAP)
+  in percentage points, with the reported interval of the mean difference (red: significant by the decision rule
+  after Holm), a band of plus or minus one test image, and the count of exactly-zero differences.
+- ``learned``: what the pools learned, per data set: the default hybrid's mixing weights per branch and GeM's
+  exponent p (alone and as a hybrid branch), as recorded at the end of training, per unit with mean and interval.
+
+The report's other figures:
+
 - ``accuracy``: the metric per pool and dataset: every seed as a dot, the mean with its t-interval.
 - ``paired``: per-seed differences to the baseline pool, mean difference with its interval, Holm-adjusted
   p-values and Cohen's d_z written next to it.
@@ -28,13 +38,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from hybridpool.report.analysis import Analysis, cell_order, cost_rows, pool_name
+from hybridpool.report.analysis import Analysis, cell_interval, cell_order, cost_rows, dataset_facts, pool_name
 from hybridpool.report.runs import Cell, Run, Study
-from hybridpool.report.tables import PIPELINE_CHECK, block_title, cell_name, fmt_p
+from hybridpool.report.tables import (
+    PIPELINE_CHECK,
+    block_title,
+    cell_name,
+    fmt_p,
+    main_blocks,
+    selection_text,
+    short_block,
+)
 
 __all__ = ["FIGURES", "write_figures"]
 
-FIGURES = ("accuracy", "paired", "mixing_weights", "gem_p", "attention_grid", "cost")
+FIGURES = ("differences", "learned", "accuracy", "paired", "mixing_weights", "gem_p", "attention_grid", "cost")
 WIDTH = 6.5  # inches: the text width of an article
 plt.rcParams.update(
     {
@@ -84,6 +102,207 @@ def _short(cell: Cell) -> str:
     return cell_name(cell).replace(" [", "\n[")
 
 
+# ============================================================================================ main figures
+def fig_differences(analysis: Analysis, folder: Path) -> list[Path]:
+    """Paired differences to the baseline per data set of the main table (one panel each)."""
+    from hybridpool.report.claims import S
+
+    study = analysis.study
+    fixture = study.fixture
+    blocks = main_blocks(study)
+    cells_of = study.blocks()
+    facts = dataset_facts(study, analysis.metric)
+    panels = []
+    for b in blocks:
+        comps = []
+        for c in sorted(cells_of[b], key=lambda c: cell_order(c, analysis.baseline)):
+            if c.pool == analysis.baseline:
+                continue
+            chosen, _ = S(c.pool).find(cells_of[b])
+            comp = analysis.comparison_of(c) if chosen is c else None
+            if comp is not None and comp.result.n >= 1:
+                comps.append(comp)
+        if comps:
+            panels.append((b, comps))
+    base = pool_name(analysis.baseline)
+    if not panels:
+        return _placeholder(folder, "differences", f"No paired comparisons with {base} in these runs.", fixture)
+    order: list[str] = []  # one row per pool across the panels, in the tables' order
+    for _, comps in panels:
+        for comp in comps:
+            if cell_name(comp.cell) not in order:
+                order.append(cell_name(comp.cell))
+    fig, axes = plt.subplots(1, len(panels), figsize=(WIDTH, 0.3 * len(order) + 1.5), squeeze=False, sharey=True)
+    rng = np.random.default_rng(0)
+    for ax, (b, comps) in zip(axes[0], panels, strict=True):
+        f = facts[b]
+        if f.num_test:
+            ax.axvspan(-f.image_pp, f.image_pp, color="C0", alpha=0.12, lw=0)
+        ax.axvline(0, color="C0", lw=0.8, ls="--")
+        for comp in comps:
+            i = order.index(cell_name(comp.cell))
+            r = comp.result
+            d = 100 * np.asarray(r.diffs, dtype=float)
+            ax.scatter(d, i + rng.uniform(-0.18, 0.18, d.size), s=4, color="0.65", zorder=2, lw=0)
+            if r.n >= 2 and np.isfinite(r.ci.low):
+                spans = r.ci.low <= 0 <= r.ci.high
+                color = ("C1" if spans else "C3") if r.significant else "k"
+                lo, hi = 100 * (r.mean_diff - r.ci.low), 100 * (r.ci.high - r.mean_diff)
+                ax.errorbar(
+                    100 * r.mean_diff,
+                    i,
+                    xerr=[[lo], [hi]],
+                    fmt="o",
+                    ms=3.5,
+                    color=color,
+                    capsize=2.5,
+                    zorder=3,
+                    mfc="white" if r.ci.method != "t" else color,
+                )
+            else:
+                ax.plot(100 * r.mean_diff, i, "o", color="k", ms=3.5)
+            ax.annotate(
+                f"{r.n_zero}/{r.n}",
+                (1, i),
+                xycoords=("axes fraction", "data"),
+                xytext=(2, 0),
+                textcoords="offset points",
+                va="center",
+                ha="left",
+                fontsize=5.5,
+            )
+        ax.set_yticks(range(len(order)), order)
+        ax.set_ylim(len(order) - 0.5, -0.5)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+        sel = selection_text(f.selection).replace("validation", "val.")
+        name = short_block(b).replace(") (", ")\n(")
+        ax.set_title(f"{name}\n{f.units_text} units, {sel}", fontsize=6)
+        ax.set_xlabel(f"Δ vs {base} (pp)")
+        ax.grid(axis="x", lw=0.3)
+    fig.suptitle(
+        f"Paired differences to {base} per unit (grey), mean and {round(100 * analysis.level)}% interval (open: "
+        "two-level bootstrap; red: significant, t and sign-flip after Holm;\norange: significant, but the interval "
+        "spans 0); band: ±1 test image; right: zero differences",
+        y=1.0,
+        fontsize=6.5,
+    )
+    fig.tight_layout()
+    return _save(fig, folder, "differences", fixture)
+
+
+def _final_values(cell: Cell, key: str) -> dict:
+    return cell.completed(key)
+
+
+def fig_learned(analysis: Analysis, folder: Path) -> list[Path]:
+    """The default hybrid's final mixing weights, and GeM's p (alone and in the hybrid), per data set."""
+    from hybridpool.report.claims import S
+
+    study = analysis.study
+    fixture = study.fixture
+    blocks = main_blocks(study)
+    cells_of = study.blocks()
+    mix: list[tuple[tuple, Cell, list[str]]] = []
+    ps: list[tuple[tuple, str, dict]] = []
+    for b in blocks:
+        hyb, _ = S("hybrid").find(cells_of[b])
+        if hyb is not None:
+            keys = sorted(
+                {
+                    k
+                    for r in hyb.completed_runs()
+                    for k in r.metrics
+                    if k.startswith("pool/mix/") and not k.endswith(("_std", "blend"))
+                }
+            )
+            if keys:
+                mix.append((b, hyb, keys))
+            vals = _final_values(hyb, "pool/gem/p")
+            if vals:
+                ps.append((b, "GeM branch of the hybrid", vals))
+        gem, _ = S("gem").find(cells_of[b])
+        if gem is not None:
+            vals = _final_values(gem, "pool/p") or _final_values(gem, "pool/gem/p")
+            if vals:
+                ps.append((b, "GeM alone", vals))
+    if not mix and not ps:
+        return _placeholder(
+            folder,
+            "learned",
+            "No recorded mixing weights (pool/mix/*) or GeM p (pool/p, pool/gem/p) in these runs.",
+            fixture,
+        )
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(WIDTH, 2.8), gridspec_kw={"width_ratios": [3, 2]})
+    rng = np.random.default_rng(0)
+    if mix:
+        branches = sorted(
+            {k.split("/")[-1] for _, _, keys in mix for k in keys},
+            key=lambda x: ["avg", "max", "gem", "attn"].index(x) if x in ("avg", "max", "gem", "attn") else 9,
+        )
+        width = 0.8 / len(branches)
+        for j, br in enumerate(branches):
+            for i, (_, cell, _) in enumerate(mix):
+                vals = cell.completed(f"pool/mix/{br}")
+                if not vals:
+                    continue
+                ci = cell_interval(vals, analysis.level)
+                x = i + (j - (len(branches) - 1) / 2) * width
+                a1.bar(x, ci.mean, width=width * 0.9, color=f"C{j}", alpha=0.75, label=br if i == 0 else None)
+                if ci.n >= 2:
+                    a1.errorbar(
+                        x, ci.mean, yerr=[[ci.mean - ci.low], [ci.high - ci.mean]], color="k", lw=0.8, capsize=1.5
+                    )
+                v = np.asarray(list(vals.values()))
+                a1.scatter(x + rng.uniform(-width / 4, width / 4, v.size), v, s=2, color="k", alpha=0.5, lw=0, zorder=3)
+        a1.axhline(1.0 / len(branches), color="0.5", lw=0.6, ls=":")
+        a1.set_xticks(range(len(mix)), [short_block(b).replace(" (", "\n(", 1) for b, _, _ in mix], fontsize=6)
+        a1.set_ylabel("mixing weight (end of training)")
+        a1.set_title(f"{pool_name('hybrid')}: weights per branch (dotted: uniform start)")
+        a1.legend(frameon=False, ncol=len(branches), fontsize=6, loc="upper left")
+        a1.grid(axis="y", lw=0.3)
+    else:
+        a1.axis("off")
+        a1.text(0.5, 0.5, "no mixing weights recorded (pool/mix/*)", ha="center", va="center")
+    if ps:
+        labels = sorted({lbl for _, lbl, _ in ps})
+        names = [short_block(b) for b in blocks if any(bb == b for bb, _, _ in ps)]
+        labelled: set[str] = set()
+        for j, lbl in enumerate(labels):
+            for b, l2, vals in ps:
+                if l2 != lbl:
+                    continue
+                i = names.index(short_block(b))
+                x = i + (j - (len(labels) - 1) / 2) * 0.3
+                v = np.asarray(list(vals.values()), dtype=float)
+                ci = cell_interval(vals, analysis.level)
+                a2.scatter(x + rng.uniform(-0.05, 0.05, v.size), v, s=3, color=f"C{j + 4}", alpha=0.5, lw=0)
+                yerr = [[ci.mean - ci.low], [ci.high - ci.mean]] if ci.n >= 2 else None
+                a2.errorbar(
+                    x,
+                    ci.mean,
+                    yerr=yerr,
+                    fmt="o",
+                    ms=3,
+                    color=f"C{j + 4}",
+                    capsize=2,
+                    label=None if lbl in labelled else lbl,
+                )
+                labelled.add(lbl)
+        a2.axhline(3.0, color="0.5", lw=0.6, ls=":")
+        a2.set_xticks(
+            range(len(names)), [n.replace(" (", "\n(", 1) for n in names], fontsize=5.5, rotation=25, ha="right"
+        )
+        a2.set_ylabel("GeM p (end of training)")
+        a2.set_title("GeM exponent p (dotted: p = 3 at the start)")
+        a2.legend(frameon=False, fontsize=6)
+        a2.grid(axis="y", lw=0.3)
+    else:
+        a2.axis("off")
+        a2.text(0.5, 0.5, "no GeM p recorded (pool/p, pool/gem/p)", ha="center", va="center")
+    fig.tight_layout()
+    return _save(fig, folder, "learned", fixture)
+
+
 # ============================================================================================ accuracy
 def fig_accuracy(analysis: Analysis, folder: Path) -> list[Path]:
     blocks = analysis.study.blocks()
@@ -123,7 +342,7 @@ def fig_accuracy(analysis: Analysis, folder: Path) -> list[Path]:
         ax.set_title(block_title(block))
         ax.set_ylabel(f"{analysis.metric} (%)")
         ax.grid(axis="y", lw=0.3)
-    fig.suptitle(f"Mean and {round(100 * analysis.level)}% CI over seeds (dots: seeds; red: incomplete cells)", y=1.0)
+    fig.suptitle(f"Mean and {round(100 * analysis.level)}% CI over units (dots: units; red: incomplete cells)", y=1.0)
     fig.tight_layout()
     return _save(fig, folder, "accuracy", fixture)
 
@@ -151,7 +370,7 @@ def fig_paired(analysis: Analysis, folder: Path) -> list[Path]:
             d = 100 * np.asarray(r.diffs, dtype=float)
             ax.scatter(np.full(d.size, i) + np.linspace(-0.1, 0.1, max(d.size, 1))[: d.size], d, s=8, color="0.6")
             if r.ci.n >= 2:
-                sig = r.p_t_holm < 0.05 and r.p_w_holm < 0.05
+                sig = bool(r.significant)
                 ax.errorbar(
                     i,
                     100 * r.mean_diff,
@@ -161,7 +380,7 @@ def fig_paired(analysis: Analysis, folder: Path) -> list[Path]:
                     capsize=3,
                     color="C3" if sig else "k",
                 )
-            label = f"p_t {_p(r.p_t_holm)}\np_W {_p(r.p_w_holm)}\nd_z = {r.d_z:.2f}\nn = {r.n}"
+            label = f"p_t {_p(r.p_t_holm)}\np_flip {_p(r.p_perm_holm)}\nd_z = {r.d_z:.2f}\nn = {r.n}"
             ax.annotate(
                 label.replace("−", "-"),
                 (i, 1),
@@ -180,7 +399,7 @@ def fig_paired(analysis: Analysis, folder: Path) -> list[Path]:
         ax.set_title(block_title(block))
         ax.set_ylabel(f"Δ {analysis.metric} vs {base} (pp)")
         ax.grid(axis="y", lw=0.3)
-    fig.suptitle(f"Per-seed differences to {base}; mean and CI (red: both Holm-adjusted tests p < 0.05)", y=1.0)
+    fig.suptitle(f"Per-unit differences to {base}; mean and CI (red: t and sign-flip both p < 0.05 after Holm)", y=1.0)
     fig.tight_layout()
     return _save(fig, folder, "paired", fixture)
 
@@ -338,7 +557,7 @@ def fig_attention(study: Study, folder: Path) -> list[Path]:
         ax.axis("off")
         if strip is not None:
             ax.imshow(np.clip(strip, 0, 1), interpolation="nearest")
-        ax.set_title(f"{block_title(c.block)}: {cell_name(c)}, seed {r.seed} ({how})", fontsize=7)
+        ax.set_title(f"{block_title(c.block)}: {cell_name(c)}, {r.unit} ({how})", fontsize=7)
     fig.suptitle("Attention maps over validation images (image | attention overlay)", y=1.0)
     fig.tight_layout()
     return _save(fig, folder, "attention_grid", study.fixture)
@@ -390,6 +609,8 @@ def write_figures(analysis: Analysis, folder: Path) -> dict[str, list[Path]]:
     """Every figure of :data:`FIGURES` into ``folder`` (PNG + PDF); returns ``{name: [png, pdf]}``."""
     study = analysis.study
     return {
+        "differences": fig_differences(analysis, folder),
+        "learned": fig_learned(analysis, folder),
         "accuracy": fig_accuracy(analysis, folder),
         "paired": fig_paired(analysis, folder),
         "mixing_weights": fig_mixing(study, folder),

@@ -15,10 +15,17 @@ committed ``paper/results``) are named from their ``pool:<conf name>`` tag throu
 
 A *cell* is one arm of the study: task (experiment) x dataset x backbone x pool, plus every other config
 key that varies between runs of the same task/dataset/backbone/pool (train fraction, post-pool BatchNorm, training
-schedule, epochs, ...), found from the configs themselves, so a new arm needs no change here. The seeds of a cell
-are its replicates. Runs that did not complete, seeds that ran elsewhere in the block but not in this cell, and
-duplicated seeds are listed as :class:`Problem` objects; statistics only ever use completed runs and always say
+schedule, epochs, ...), found from the configs themselves, so a new arm needs no change here. The replicates of a
+cell are its *units* (:class:`Unit`): a (data split, seed) pair, the split being the config's ``data.split_seed``
+(``None`` when the config has none: the split, or the generated data, follows the seed). Two cells are compared on
+the units both ran. Runs that did not complete, units that ran elsewhere in the block but not in this cell, and
+duplicated units are listed as :class:`Problem` objects; statistics only ever use completed runs and always say
 how many of how many.
+
+Which epoch a run's test metrics come from (:attr:`Run.selection`): records with a ``val/<metric>_best_epoch``
+metric were tested with the weights of the best validation epoch (``best``); older records, with the last
+epoch's (``last``). A cell whose runs differ in that is flagged (a ``mixed-selection`` problem), never averaged
+silently.
 """
 
 from __future__ import annotations
@@ -40,10 +47,12 @@ from hybridpool.records import RESULTS_FILE
 
 __all__ = [
     "BASE_FACTORS",
+    "SELECTION_NAMES",
     "Cell",
     "Problem",
     "Run",
     "Study",
+    "Unit",
     "find_results",
     "flatten_config",
     "group_runs",
@@ -72,7 +81,11 @@ IGNORED_KEYS = {
     "pool._target_",
     "pool._partial_",
     "pool.spec",
+    # a replicate factor, like the seed: the runs of one cell on three splits are its units, not three arms
+    "data.split_seed",
 }
+#: how a run's test metrics were selected -> words
+SELECTION_NAMES = {"best": "best validation epoch", "last": "last epoch"}
 MISSING = "-"
 #: the ``pool:`` tags of records written before the ``pool`` field (conf/pool/ file names) -> canonical pool specs
 LEGACY_POOL_NAMES = {
@@ -97,6 +110,29 @@ LEGACY_POOL_CLASSES = {
 
 
 # ============================================================================================ runs
+@dataclass(frozen=True)
+class Unit:
+    """One replicate of a cell: the data split (``config.data.split_seed``; ``None`` when the config has none, so the
+    split follows the seed) and the seed. Two pools are compared on the units both ran."""
+
+    split: int | None
+    seed: int
+
+    def sort_key(self) -> tuple[int, int, int]:
+        return (self.split is not None, self.split if self.split is not None else 0, self.seed)
+
+    def __lt__(self, other: Unit) -> bool:
+        return self.sort_key() < other.sort_key()
+
+    def __str__(self) -> str:
+        return f"seed {self.seed}" if self.split is None else f"split {self.split}/seed {self.seed}"
+
+
+def unit_split(unit: object) -> int | None:
+    """The data split of a unit (``None`` for a plain seed or an unrecorded split): the cluster of the bootstrap."""
+    return getattr(unit, "split", None)
+
+
 @dataclass
 class Run:
     """One training run, whatever it was read from.
@@ -118,6 +154,9 @@ class Run:
         metrics_csv: the run's ``csv/metrics.csv``. attention: its attention-map file (``.npz``/``.png``).
         fixture: the record is a fake one (``"fixture"`` key), used to check the pipeline, not a result.
         wandb_id: the W&B run id, if any.
+        split: ``config.data.split_seed`` (``None`` without one). num_test: the record's ``data.num_samples.test``.
+        num_classes: the record's ``data.num_classes``. embed_dim: ``model.embed_dim``, the pool's output width
+        (the head's input; covariance pooling's is ``d (d + 1) / 2``, not ``C``).
     """
 
     source: str
@@ -141,6 +180,10 @@ class Run:
     wandb_id: str | None = None
     finished_at: str | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    split: int | None = None
+    num_test: int | None = None
+    num_classes: int | None = None
+    embed_dim: int | None = None
     history_loader: Callable[[], dict[str, list[tuple[float, float]]]] | None = field(default=None, repr=False)
     _flat: dict[str, Any] | None = field(default=None, repr=False)
     _curves: dict[str, list[tuple[float, float]]] | None = field(default=None, repr=False)
@@ -154,7 +197,18 @@ class Run:
     @property
     def name(self) -> str:
         """A short human name: ``task/data/pool seed=N``."""
-        return f"{self.task}/{self.data}/{self.pool} seed={self.seed}"
+        split = "" if self.split is None else f" split={self.split}"
+        return f"{self.task}/{self.data}/{self.pool}{split} seed={self.seed}"
+
+    @property
+    def unit(self) -> Unit | None:
+        return Unit(self.split, self.seed) if self.seed is not None else None
+
+    @property
+    def selection(self) -> str:
+        """``best`` when the test metrics are those of the best validation epoch (the record has a
+        ``val/..._best_epoch`` metric), else ``last`` (records written before that: the last epoch's)."""
+        return "best" if any(k.startswith("val/") and k.endswith("_best_epoch") for k in self.metrics) else "last"
 
     def curves(self) -> dict[str, list[tuple[float, float]]]:
         """``{metric: [(step, value), ...]}`` over training (from ``metrics.csv`` or the W&B history)."""
@@ -175,7 +229,10 @@ class Run:
             "backbone": self.backbone,
             "pool": self.pool,
             "mixing": self.mixing,
+            "split": self.split,
             "seed": self.seed,
+            "selection": self.selection,
+            "num_test": self.num_test,
             "status": self.status,
             "wall_time_s": self.wall_time_s,
             "source": self.source,
@@ -270,6 +327,26 @@ def _identity(
     return str(data), str(backbone), str(pool), (str(mixing) if mixing else None)
 
 
+def _split_of(config: Mapping[str, Any]) -> int | None:
+    node = config.get("data")
+    value = node.get("split_seed") if isinstance(node, Mapping) else None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _int_or_none(v: Any) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _num_test(data_desc: Any) -> int | None:
+    if not isinstance(data_desc, Mapping):
+        return None
+    n = (data_desc.get("num_samples") or {}).get("test") if isinstance(data_desc.get("num_samples"), Mapping) else None
+    return int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0 else None
+
+
 def _floats(d: Mapping[str, Any] | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in (d or {}).items():
@@ -347,6 +424,10 @@ def run_from_record(record: Mapping[str, Any], source: str, run_dir: Path | None
         wandb_id=(record.get("wandb") or {}).get("id"),
         finished_at=record.get("finished_at"),
         timing=_floats(record.get("timing")),
+        split=_split_of(config),
+        num_test=_num_test(record.get("data")),
+        num_classes=_int_or_none((record.get("data") or {}).get("num_classes")),
+        embed_dim=_int_or_none(model.get("embed_dim") if isinstance(model, Mapping) else None),
     )
 
 
@@ -488,6 +569,7 @@ def _run_from_wandb(
         wall_time_s=float(runtime) if isinstance(runtime, (int, float)) else None,
         wandb_id=run_id,
         history_loader=history_loader,
+        split=_split_of(config),
     )
 
 
@@ -625,7 +707,7 @@ class Cell:
     Attributes:
         key: ``(task, data, backbone, pool, (arm, value), ...)``, hashable and sortable.
         task, data, backbone, pool, mixing: identity. arms: ``{config key: value}`` of the extra arm keys.
-        runs: every run of the cell (any status). expected_seeds: the seeds its block ran.
+        runs: every run of the cell (any status). expected_units: the units (:class:`Unit`) its block ran.
     """
 
     task: str
@@ -635,7 +717,7 @@ class Cell:
     arms: dict[str, Any]
     runs: list[Run]
     mixing: str | None = None
-    expected_seeds: tuple[int, ...] = ()
+    expected_units: tuple[Unit, ...] = ()
 
     @property
     def block(self) -> tuple[str, str, str]:
@@ -655,18 +737,40 @@ class Cell:
         """``pool`` plus its arm values, e.g. ``hybrid [post_bn=False]``."""
         return f"{self.pool} [{self.arm_label}]" if self.arm_label else self.pool
 
-    def completed(self, metric: str) -> dict[int, float]:
-        """``{seed: metric}`` of the completed runs that recorded ``metric`` (latest run per seed)."""
-        out: dict[int, tuple[str, float]] = {}
+    def completed(self, metric: str) -> dict[Unit, float]:
+        """``{unit: metric}`` of the completed runs that recorded ``metric`` (latest run per unit)."""
+        return {u: r.metrics[metric] for u, r in self.latest(metric).items()}
+
+    def latest(self, metric: str) -> dict[Unit, Run]:
+        """``{unit: run}``: the latest finished completed run per unit among those that recorded ``metric``."""
+        out: dict[Unit, tuple[str, Run]] = {}
         for r in self.runs:
-            if r.status == COMPLETED and metric in r.metrics and r.seed is not None:
+            u = r.unit
+            if r.status == COMPLETED and metric in r.metrics and u is not None:
                 stamp = r.finished_at or ""
-                if r.seed not in out or stamp >= out[r.seed][0]:
-                    out[r.seed] = (stamp, r.metrics[metric])
-        return {s: v for s, (_, v) in sorted(out.items())}
+                if u not in out or stamp >= out[u][0]:
+                    out[u] = (stamp, r)
+        return {u: r for u, (_, r) in sorted(out.items())}
 
     def completed_runs(self) -> list[Run]:
         return [r for r in self.runs if r.status == COMPLETED]
+
+    def selections(self, metric: str = "test/acc") -> dict[str, int]:
+        """``{"best": k, "last": m}``: how the used runs' test metrics were selected (see :attr:`Run.selection`)."""
+        out: dict[str, int] = {}
+        for r in self.latest(metric).values():
+            out[r.selection] = out.get(r.selection, 0) + 1
+        return out
+
+    def selection(self, metric: str = "test/acc") -> str:
+        """``best`` | ``last`` | ``mixed`` | ``none`` (no used run)."""
+        sel = self.selections(metric)
+        return "none" if not sel else next(iter(sel)) if len(sel) == 1 else "mixed"
+
+    @property
+    def splits(self) -> tuple[int, ...]:
+        """The data splits of the cell's units (empty when none is recorded)."""
+        return tuple(sorted({u.split for u in self.expected_units if u.split is not None}))
 
 
 def short_key(key: str) -> str:
@@ -679,7 +783,8 @@ def short_key(key: str) -> str:
 class Problem:
     """A run that is not a usable result, or a seed with no run: listed in every summary.
 
-    ``kind``: ``failed`` | ``interrupted`` | ``running`` | ``missing`` | ``duplicate`` | ``no-metric``.
+    ``kind``: ``failed`` | ``interrupted`` | ``running`` | ``missing`` | ``duplicate`` | ``no-metric`` |
+    ``mixed-selection``. ``seed`` and ``split``: the unit (``None`` when the problem is the whole cell's).
     """
 
     kind: str
@@ -687,6 +792,7 @@ class Problem:
     seed: int | None
     detail: str
     source: str | None = None
+    split: int | None = None
 
 
 def _arm_keys(runs: Sequence[Run]) -> list[str]:
@@ -761,40 +867,54 @@ def group_runs(runs: Sequence[Run], metric: str = "test/acc") -> Study:
     for c in ordered:
         c.arms = {k: v for k, v in c.arms.items() if k in kept[c.block]}
     problems: list[Problem] = []
-    seeds_by_block: dict[tuple, set[int]] = defaultdict(set)
+    units_by_block: dict[tuple, set[Unit]] = defaultdict(set)
     for c in ordered:
-        seeds_by_block[c.block].update(r.seed for r in c.runs if r.seed is not None)
+        units_by_block[c.block].update(r.unit for r in c.runs if r.unit is not None)
     for c in ordered:
-        c.expected_seeds = tuple(sorted(seeds_by_block[c.block]))
+        c.expected_units = tuple(sorted(units_by_block[c.block]))
         where = f"{c.task}/{c.data}/{c.backbone}/{c.label}"
-        seen: dict[int, list[Run]] = defaultdict(list)
+        seen: dict[Unit, list[Run]] = defaultdict(list)
         for r in c.runs:
-            if r.seed is not None:
-                seen[r.seed].append(r)
+            if r.unit is not None:
+                seen[r.unit].append(r)
             if r.status != COMPLETED:
                 detail = r.error or (
                     "no final status: still running, or killed before it could record one"
                     if r.status == "running"
                     else f"status {r.status}"
                 )
-                problems.append(Problem(r.status, where, r.seed, detail, r.source))
+                problems.append(Problem(r.status, where, r.seed, detail, r.source, r.split))
             elif metric not in r.metrics:
-                problems.append(Problem("no-metric", where, r.seed, f"completed but no {metric!r}", r.source))
-        for s in c.expected_seeds:
-            if s not in seen:
+                problems.append(Problem("no-metric", where, r.seed, f"completed but no {metric!r}", r.source, r.split))
+        for u in c.expected_units:
+            if u not in seen:
+                what = "seed" if u.split is None else "split and seed"
                 problems.append(
-                    Problem("missing", where, s, "no run for this seed (other cells of the block have one)")
+                    Problem(
+                        "missing",
+                        where,
+                        u.seed,
+                        f"no run for this {what} (other cells of the block have one)",
+                        split=u.split,
+                    )
                 )
             else:
-                done = [r for r in seen[s] if r.status == COMPLETED]
+                done = [r for r in seen[u] if r.status == COMPLETED]
                 if len(done) > 1:
                     problems.append(
                         Problem(
                             "duplicate",
                             where,
-                            s,
+                            u.seed,
                             f"{len(done)} completed runs; the latest finished is used",
                             ", ".join(r.source for r in done),
+                            u.split,
                         )
                     )
+        sel = c.selections(metric)
+        if len(sel) > 1:
+            words = ", ".join(f"{n} {SELECTION_NAMES[k]}" for k, n in sorted(sel.items()))
+            problems.append(
+                Problem("mixed-selection", where, None, f"test metrics selected differently across units ({words})")
+            )
     return Study(list(runs), ordered, arm_keys, problems)

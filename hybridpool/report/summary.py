@@ -18,8 +18,10 @@ from hybridpool.report.verdicts import ClaimResult
 __all__ = ["write_summaries"]
 
 FIGURE_TITLES = {
-    "accuracy": "Accuracy per pool and dataset (mean and CI over seeds)",
-    "paired": "Paired per-seed differences to the baseline",
+    "differences": "Paired differences to the baseline per data set (main figure)",
+    "learned": "Learned mixing weights and GeM p per data set",
+    "accuracy": "Accuracy per pool and dataset (mean and CI over units)",
+    "paired": "Paired per-unit differences to the baseline",
     "mixing_weights": "Mixing weights over training",
     "gem_p": "GeM p over training",
     "attention_grid": "Attention maps",
@@ -27,9 +29,10 @@ FIGURE_TITLES = {
 }
 
 
-def _claim_blocks(claims: list[ClaimResult], tables: dict[str, list[Table]], level: float) -> list:
+def _claim_blocks(claims: list[ClaimResult], tables: dict[str, list[Table]], level: float, alpha: float = 0.05) -> list:
     """The "Claims" section: per claim its verdict, one line per test, one item per data set, its tables."""
-    out: list[tuple[str, object]] = [("h2", "Claims"), ("para", CLAIMS_INTRO.format(level=round(100 * level)))]
+    intro = CLAIMS_INTRO.format(level=round(100 * level), alpha=f"{alpha:g}")
+    out: list[tuple[str, object]] = [("h2", "Claims"), ("para", intro)]
     for r in claims:
         c = r.claim
         out.append(("h3", f"{c.key}: {c.title}"))
@@ -48,6 +51,8 @@ def _blocks(
     command: str,
     claims: list[ClaimResult] | None = None,
     claim_tables: dict[str, list[Table]] | None = None,
+    claims_summary: Table | None = None,
+    literature: str = "",
 ) -> list:
     """The summary as a list of ``(kind, payload)``: heading, para, list, table, figure."""
     study = analysis.study
@@ -59,7 +64,10 @@ def _blocks(
         (
             "para",
             f"{len(study.runs)} runs in {len(study.cells)} cells ({len(study.blocks())} dataset blocks); metric "
-            f"{analysis.metric}, baseline {pool_name(analysis.baseline)}, {round(100 * analysis.level)}% t-intervals. "
+            f"{analysis.metric}, baseline {pool_name(analysis.baseline)}, {round(100 * analysis.level)}% intervals "
+            "over units (t; the two-level bootstrap over splits where wider); significant = paired t-test and "
+            "sign-flip "
+            f"test both reject at {analysis.alpha:g} after Holm. "
             f"Completed {counts.get('completed', 0)}, failed {counts.get('failed', 0)}, interrupted "
             f"{counts.get('interrupted', 0)}, unfinished {counts.get('running', 0)}, missing "
             f"{counts.get('missing', 0)}. Made with: {command}",
@@ -74,6 +82,14 @@ def _blocks(
         out.append(("list", analysis.notes))
     out.append(("table", tables["status"]))
     out.append(("table", tables["setup"]))
+    out.append(("h2", "Main results"))
+    out.append(("table", tables["main"]))
+    if claims_summary is not None:
+        out.append(("table", claims_summary))
+    if literature:
+        out.append(("para", literature))
+    out.append(("h3", "What the numbers rest on"))
+    out.append(("table", tables["testsets"]))
     out.append(("h2", "Results"))
     out.append(("table", tables["overview"]))
     for name, t in tables.items():
@@ -84,7 +100,7 @@ def _blocks(
         out.append(("h3", f"Comparisons with {pool_name(analysis.baseline)}"))
         out.append(("list", sentences))
     if claims is not None:
-        out += _claim_blocks(claims, claim_tables or {}, analysis.level)
+        out += _claim_blocks(claims, claim_tables or {}, analysis.level, analysis.alpha)
     out.append(("h2", "Figures"))
     for name, paths in figures.items():
         png = [p for p in paths if p.suffix == ".png"]
@@ -157,12 +173,14 @@ def write_summaries(
     command: str,
     claims: list[ClaimResult] | None = None,
     claim_tables: dict[str, list[Table]] | None = None,
+    claims_summary: Table | None = None,
+    literature: str = "",
 ) -> list[Path]:
     """``<out>/summary.md`` (figures linked) and ``<out>/summary.html`` (figures embedded).
 
     ``claims`` (with ``claim_tables`` by claim key) adds the "Claims" section after the results.
     """
-    blocks = _blocks(analysis, tables, figures, command, claims, claim_tables)
+    blocks = _blocks(analysis, tables, figures, command, claims, claim_tables, claims_summary, literature)
     md = out / "summary.md"
     md.write_text(_markdown(blocks, out))
     page = out / "summary.html"

@@ -13,9 +13,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridpool.report.analysis import Analysis, cell_order, cost_rows, pool_internals, pool_name
+from hybridpool.report.analysis import (
+    Analysis,
+    cell_order,
+    cost_rows,
+    dataset_facts,
+    pool_internals,
+    pool_name,
+    selection_text,
+)
 from hybridpool.report.runs import Cell, Study
-from hybridpool.report.stats import MeanCI
+from hybridpool.report.stats import EXACT_MAX_N, PERMUTATION_RESAMPLES, MeanCI, PairedComparison
 
 __all__ = [
     "PIPELINE_CHECK",
@@ -25,6 +33,9 @@ __all__ = [
     "fmt_ci",
     "fmt_p",
     "fmt_pct",
+    "main_blocks",
+    "main_table",
+    "testsets_table",
     "tex",
     "to_html",
     "to_latex",
@@ -96,6 +107,31 @@ def block_title(block: tuple[str, str, str]) -> str:
     return f"{data} ({backbone}, {task})"
 
 
+DATA_NAMES = {
+    "cub": "CUB-200-2011 subset",
+    "flowers17": "Flowers-17",
+    "dtd": "DTD subset",
+    "fashion_mnist": "Fashion-MNIST",
+}
+BACKBONE_NAMES = {
+    "mobilenet_v2": "MobileNetV2",
+    "efficientnet_lite0": "EfficientNet-Lite0",
+    "EfficientNetLite0": "EfficientNet-Lite0",
+    "SmallCNN": "small CNN",
+}
+
+
+def short_block(block: tuple[str, str, str]) -> str:
+    """``Flowers-17 (MobileNetV2)``: a block's name for the paper's main table and figures."""
+    _, data, backbone = block
+    return f"{DATA_NAMES.get(data, data)} ({BACKBONE_NAMES.get(backbone, backbone)})"
+
+
+def ci_marker(ci: MeanCI) -> str:
+    """``*`` when the reported interval is the two-level bootstrap's (wider than t), else ``""``."""
+    return "*" if ci.method != "t" else ""
+
+
 def cell_name(cell: Cell) -> str:
     """The pool's display name plus the arm values that differ from the study's defaults
     (:data:`hybridpool.report.claims.DEFAULT_ARMS`), e.g. ``GeM [learn_p=False, p=4]``."""
@@ -116,9 +152,12 @@ def results_table(analysis: Analysis, block: tuple[str, str, str], cells: list[C
         f"{level}% CI",
         f"Δ vs {base} (pp)",
         f"{level}% CI of Δ",
+        "zero Δ",
         "p (t, Holm)",
+        "p (flip, Holm)",
         "p (W, Holm)",
         "d_z",
+        "sig.",
     ]
     notes = []
     ordered = sorted(cells, key=lambda c: cell_order(c, analysis.baseline))
@@ -128,20 +167,28 @@ def results_table(analysis: Analysis, block: tuple[str, str, str], cells: list[C
         if comp is not None and comp.result.note:
             notes.append(f"{cell_name(c)}: {comp.result.note}.")
         if s.not_used:
-            why = ", ".join(f"seed {k}: {v}" for k, v in sorted(s.not_used.items()))
+            why = ", ".join(f"{k}: {v}" for k, v in sorted(s.not_used.items()))
             notes.append(f"{cell_name(c)}: not in the mean: {why}.")
+        if len(s.selection) > 1:
+            notes.append(f"{cell_name(c)}: test metrics selected by {selection_text(s.selection)}.")
     notes += [n.split(": ", 1)[1] for n in analysis.notes if n.startswith("/".join(block) + ":")]
+    facts = dataset_facts(analysis.study, analysis.metric).get(block)
+    rule = selection_text(facts.selection) if facts else "no runs"
+    size = f"{facts.n_test_text} test images, one = {fmt_num(facts.image_pp)} pp" if facts and facts.num_test else ""
     caption = (
-        f"{block_title(block)}: {analysis.metric} over seeds (mean, {level}% t-interval; n = completed/expected "
-        f"seeds) and the paired per-seed difference to {base} (t-test and exact Wilcoxon signed-rank test, "
-        f"Holm-adjusted within the table; d_z = mean/SD of the differences)."
+        f"{block_title(block)}: {analysis.metric} ({rule}; {size + '; ' if size else ''}units: "
+        f"{facts.units_text if facts else DASH}) per pool: mean and {level}% interval over units (n = completed/"
+        f"expected; * = two-level bootstrap, wider than t), and the paired per-unit difference to {base}: its "
+        f"interval, the number of exactly-zero differences, the paired t-test, the sign-flip permutation test and "
+        f"the exact Wilcoxon test (supplementary), each Holm-adjusted within the table; d_z = mean/SD of the "
+        f"differences; sig. = significant by the decision rule (t and sign-flip both < {analysis.alpha:g})."
     )
     return Table(
         name=f"results-{block_slug(block)}",
         caption=caption,
         header=header,
         rows=_rows(analysis, ordered) or [[DASH] * len(header)],
-        align="lrrrrrrrr",
+        align="lrrrrrrrrrrl",
         label=f"tab:results-{block_slug(block)}",
         notes=notes,
     )
@@ -151,21 +198,33 @@ def _rows(analysis: Analysis, ordered: list[Cell]) -> list[list[str]]:
     rows = []
     for c in ordered:
         s = analysis.summary_of(c)
-        row = [cell_name(c), s.n_label, fmt_pct(s.ci.mean), fmt_ci(s.ci)]
+        row = [cell_name(c), s.n_label, fmt_pct(s.ci.mean), fmt_ci(s.ci) + ci_marker(s.ci)]
         comp = analysis.comparison_of(c)
         if comp is None:
-            row += [DASH] * 5 if c.pool == analysis.baseline else ["not compared"] + [DASH] * 4
+            row += [DASH] * 8 if c.pool == analysis.baseline else ["not compared"] + [DASH] * 7
         else:
             r = comp.result
             row += [
                 fmt_pct(r.mean_diff, signed=True),
-                fmt_ci(r.ci, signed=True),
+                fmt_ci(r.ci, signed=True) + ci_marker(r.ci),
+                f"{r.n_zero}/{r.n}",
                 fmt_p(r.p_t_holm),
+                fmt_p(r.p_perm_holm),
                 fmt_p(r.p_w_holm),
                 fmt_num(r.d_z),
+                sig_word(r),
             ]
         rows.append(row)
     return rows
+
+
+def sig_word(r: PairedComparison) -> str:
+    """``yes``/``no`` by the decision rule, ``–`` when there is no test."""
+    if r.n < 2:
+        return DASH
+    if r.significant and r.ci.low <= 0 <= r.ci.high:
+        return "yes (CI spans 0)"
+    return "yes" if r.significant else "no"
 
 
 def overview_table(analysis: Analysis) -> Table:
@@ -185,7 +244,7 @@ def overview_table(analysis: Analysis) -> Table:
                 continue
             s = match[0]
             if s.ci.n >= 2:
-                row.append(f"{fmt_pct(s.ci.mean)} ± {fmt_pct(s.ci.half_width)}")
+                row.append(f"{fmt_pct(s.ci.mean)} ± {fmt_pct(s.ci.half_width)}{ci_marker(s.ci)}")
             elif s.ci.n == 1:
                 row.append(f"{fmt_pct(s.ci.mean)} (n=1)")
             else:
@@ -194,7 +253,8 @@ def overview_table(analysis: Analysis) -> Table:
     level = round(100 * analysis.level)
     return Table(
         name="overview",
-        caption=f"{analysis.metric} (%) per pool and dataset: mean ± half-width of the {level}% t-interval over seeds.",
+        caption=f"{analysis.metric} (%) per pool and dataset: mean ± half-width of the {level}% interval over units "
+        "(t; * = the two-level bootstrap over splits, wider than t).",
         header=["Pool", *[block_title(b) for b in blocks]],
         rows=rows or [[DASH]],
         align="l" + "r" * len(blocks),
@@ -210,7 +270,7 @@ def status_table(study: Study) -> Table:
         where = block_title(block)
         count = {k: sum(1 for r in runs if r.status == k) for k in ("completed", "failed", "interrupted", "running")}
         missing = sum(1 for p in study.problems if p.kind == "missing" and p.cell.startswith("/".join(block) + "/"))
-        expected = sum(len(c.expected_seeds) for c in cells)
+        expected = sum(len(c.expected_units) for c in cells)
         rows.append(
             [
                 where,
@@ -225,8 +285,9 @@ def status_table(study: Study) -> Table:
     notes = [problem_line(p) for p in study.problems]
     return Table(
         name="status",
-        caption="Runs per dataset: cells, expected runs (cells x seeds), completed, failed or interrupted, "
-        "never finished, and missing (a seed that other cells of the block ran). Problems are listed below.",
+        caption="Runs per dataset: cells, expected runs (cells x units), completed, failed or interrupted, "
+        "never finished, and missing (a unit, split and seed, that other cells of the block ran). Problems are "
+        "listed below.",
         header=["Dataset", "Cells", "Expected", "Completed", "Failed", "Unfinished", "Missing"],
         rows=rows or [[DASH] * 7],
         align="lrrrrrr",
@@ -237,6 +298,8 @@ def status_table(study: Study) -> Table:
 
 def problem_line(p) -> str:
     seed = "" if p.seed is None else f" seed {p.seed}"
+    if getattr(p, "split", None) is not None:
+        seed = f" split {p.split}{seed}"
     src = f" ({p.source})" if p.source and p.kind != "duplicate" else ""
     return f"{p.kind.upper()}: {p.cell}{seed}: {p.detail}{src}"
 
@@ -259,7 +322,7 @@ def internals_table(study: Study) -> Table:
         )
     return Table(
         name="internals",
-        caption="Pool internals at the end of training: mean ± SD over seeds (a small SD means seeds agree).",
+        caption="Pool internals at the end of training: mean ± SD over runs (a small SD means runs agree).",
         header=["Dataset", "Pool", "Quantity", "Final value", "n"],
         rows=rows or [["no pool internals recorded", "", "", "", ""]],
         align="lllrr",
@@ -276,10 +339,12 @@ def cost_table(study: Study) -> Table:
         t = r["epoch_time"]
         sources.add(r["time_source"])
         time = DASH if t is None else f"{fmt_num(t.mean, 2)}" + (f" ± {fmt_num(t.half_width, 2)}" if t.n > 1 else "")
+        widths = sorted({run.embed_dim for run in r["cell"].completed_runs() if run.embed_dim})
         rows.append(
             [
                 block_title(r["cell"].block),
                 cell_name(r["cell"]),
+                " / ".join(f"{w:,}" for w in widths) or DASH,
                 fmt_int(p.get("total")) if p else "not recorded",
                 fmt_int(p.get("trainable")) if p else DASH,
                 fmt_int(p.get("pool")) if p else DASH,
@@ -297,10 +362,11 @@ def cost_table(study: Study) -> Table:
         notes.append("Time per epoch = fit time (training and validation) / epochs, from the records' timing.fit_s.")
     return Table(
         name="cost",
-        caption="Parameters and time per epoch (seconds, mean ± CI half-width over seeds) per pool.",
-        header=["Dataset", "Pool", "Params", "Trainable", "Pool params", "Head params", "s / epoch"],
-        rows=rows or [[DASH] * 7],
-        align="llrrrrr",
+        caption="Pool output width (the head's input: C for first-order pools, d(d+1)/2 for covariance pooling), "
+        "parameters and time per epoch (seconds, mean ± CI half-width over runs) per pool.",
+        header=["Dataset", "Pool", "Width", "Params", "Trainable", "Pool params", "Head params", "s / epoch"],
+        rows=rows or [[DASH] * 8],
+        align="llrrrrrr",
         label="tab:cost",
         notes=notes,
     )
@@ -331,7 +397,13 @@ def setup_table(study: Study) -> Table:
     """The training recipe (rows) per dataset block (columns), read from the runs' configs (``a / b``: arms)."""
     blocks = study.blocks()
     runs_of = {b: [r for c in cells for r in c.runs] for b, cells in blocks.items()}
-    rows = [["Seeds", *[str(len({r.seed for r in runs if r.seed is not None})) for runs in runs_of.values()]]]
+    facts = dataset_facts(study)
+    rows = [
+        ["Seeds", *[str(len(facts[b].seeds)) for b in blocks]],
+        ["Data splits", *[str(len(facts[b].splits)) if facts[b].splits else "follows seed" for b in blocks]],
+        ["Test images", *[facts[b].n_test_text for b in blocks]],
+        ["Test metrics at", *[selection_text(facts[b].selection) for b in blocks]],
+    ]
     for name, key in SETUP_KEYS:
         rows.append([name, *[_setup_value([r.flat.get(key) for r in runs]) for runs in runs_of.values()]])
     return Table(
@@ -344,9 +416,138 @@ def setup_table(study: Study) -> Table:
     )
 
 
+def main_blocks(study: Study) -> list[tuple[str, str, str]]:
+    """The blocks of the paper's main table and figures: the fine-grained study (task ``study_fg``), else all."""
+    blocks = list(study.blocks())
+    fg = [b for b in blocks if b[0] == "study_fg"]
+    return fg or blocks
+
+
+def main_table(analysis: Analysis) -> Table:
+    """The paper's main table: pools (rows, at the default arms) x data sets (columns): test accuracy, mean ± half-width
+    of the reported interval, with n units, test-set size and the selection rule of each column; † marks the best
+    single pool and ‡ the best hybrid, both chosen on validation."""
+    from hybridpool.report.claims import BEST_HYBRID, BEST_SINGLE, S
+
+    study = analysis.study
+    blocks = main_blocks(study)
+    facts = dataset_facts(study, analysis.metric)
+    cells_of = study.blocks()
+    pools: list[str] = []
+    for c in sorted(study.cells, key=lambda c: cell_order(c, analysis.baseline)[1:]):
+        if c.block in blocks and c.pool not in pools:
+            pools.append(c.pool)
+    rows = [
+        [
+            "Test images (one image)",
+            *[
+                f"{facts[b].n_test_text} ({fmt_num(facts[b].image_pp)} pp)" if facts[b].num_test else "not recorded"
+                for b in blocks
+            ],
+        ],
+        ["Units (splits × seeds)", *[facts[b].units_text for b in blocks]],
+        ["Test metrics at", *[selection_text(facts[b].selection) for b in blocks]],
+    ]
+    chosen = {b: (BEST_SINGLE.find(cells_of[b])[0], BEST_HYBRID.find(cells_of[b])[0]) for b in blocks}
+    for pool in pools:
+        row = [pool_name(pool)]
+        for b in blocks:
+            c, _ = S(pool).find(cells_of[b])
+            s = analysis.summary_of(c) if c is not None else None
+            if s is None or s.ci.n == 0:
+                row.append(DASH)
+                continue
+            mark = "†" if c is chosen[b][0] else "‡" if c is chosen[b][1] else ""
+            text = f"{fmt_pct(s.ci.mean)}"
+            if s.ci.n >= 2:
+                text += f" ± {fmt_pct(s.ci.half_width)}{ci_marker(s.ci)}"
+            if s.ci.n != facts[b].units:
+                text += f" (n={s.ci.n})"
+            if len(s.selection) > 1:
+                text += " (mixed selection)"
+            row.append(text + mark)
+        rows.append(row)
+    level = round(100 * analysis.level)
+    return Table(
+        name="main",
+        caption=f"Test accuracy (%) per pool and data set: mean ± half-width of the {level}% interval over units "
+        "(a unit is one data split and seed; the t-interval, or * the two-level bootstrap over splits where it is "
+        "wider, which can be asymmetric: its bounds are in the per-dataset tables). Each pool at the study's "
+        "default arms. † best single pool, ‡ best hybrid, each chosen on "
+        "validation accuracy, not on these numbers. (n=k): fewer units than the column's.",
+        header=["Pool", *[short_block(b) for b in blocks]],
+        rows=rows if pools else [*rows, [DASH] * (len(blocks) + 1)],
+        align="l" + "r" * len(blocks),
+        label="tab:main",
+        midrules=[3],
+    )
+
+
+def testsets_table(analysis: Analysis) -> Table:
+    """Per data set: test images and what one image is worth, units, selection rule, and the exactly-zero paired
+    differences of its comparisons with the baseline."""
+    facts = dataset_facts(analysis.study, analysis.metric)
+    rows = []
+    for b, f in facts.items():
+        comps = [c.result for c in analysis.comparisons if c.cell.block == b]
+        zeros = DASH
+        if comps:
+            z = [r.n_zero for r in comps]
+            n = [r.n for r in comps]
+            zeros = (
+                f"{sum(z)} of {sum(n)} ({min(z)}–{max(z)} per comparison)"
+                if min(z) != max(z)
+                else (f"{sum(z)} of {sum(n)} ({z[0]} per comparison)")
+            )
+        n_min = min((r.n for r in comps if r.n >= 2), default=0)
+        p_min = DASH
+        if n_min >= 2:
+            from hybridpool.report.stats import min_sign_flip_p
+
+            p_min = fmt_p(min_sign_flip_p(n_min))
+        rows.append(
+            [
+                block_title(b),
+                " / ".join(str(k) for k in f.num_classes) or DASH,
+                f.n_test_text,
+                fmt_num(f.image_pp, 2) if f.num_test else DASH,
+                f.units_text,
+                selection_text(f.selection),
+                zeros,
+                p_min,
+            ]
+        )
+    base = pool_name(analysis.baseline)
+    return Table(
+        name="testsets",
+        caption="What the numbers rest on, per data set: classes and test images (from the records' data.num_classes "
+        "and data.num_samples.test) and "
+        "what one image is worth in percentage points, units (splits × seeds), the epoch the test metrics come "
+        f"from, the paired differences to {base} that are exactly zero (over all comparisons with {base}: a "
+        "difference of zero images), and the smallest p the sign-flip test can reach with that many units "
+        f"(exact up to {EXACT_MAX_N} units: 2/2^n; beyond, {PERMUTATION_RESAMPLES:,} random sign patterns: 1/(N+1)).",
+        header=[
+            "Dataset",
+            "Classes",
+            "Test images",
+            "1 image (pp)",
+            "Units",
+            "Test metrics at",
+            f"Zero Δ vs {base}",
+            "min p",
+        ],
+        rows=rows or [[DASH] * 8],
+        align="lrrrrlrr",
+        label="tab:testsets",
+    )
+
+
 def build_tables(analysis: Analysis) -> dict[str, Table]:
-    """All tables by name: ``status``, ``setup``, ``overview``, ``results-<block>``, ``internals``, ``cost``."""
+    """All tables by name: ``main``, ``testsets``, ``status``, ``setup``, ``overview``, ``results-<block>``,
+    ``internals``, ``cost``."""
     out: dict[str, Table] = {}
+    out["main"] = main_table(analysis)
+    out["testsets"] = testsets_table(analysis)
     out["status"] = status_table(analysis.study)
     out["setup"] = setup_table(analysis.study)
     out["overview"] = overview_table(analysis)
@@ -382,6 +583,10 @@ _TEX_MAP = {
     "<": r"$<$",
     ">": r"$>$",
     "×": r"$\times$",
+    "†": r"\textsuperscript{\dag}",
+    "‡": r"\textsuperscript{\ddag}",
+    "≥": r"$\ge$",
+    "→": r"$\rightarrow$",
 }
 
 
@@ -426,12 +631,27 @@ def to_latex(t: Table, size: str = r"\small", placement: str = "H") -> str:
     return "\n".join(lines) + "\n"
 
 
+def column_aligns(spec: str) -> list[str]:
+    """``"lp{5cm}r"`` -> ``["l", "l", "r"]``: one of ``l``/``r``/``c`` per column of a LaTeX column spec
+    (``p{...}`` columns are left-aligned)."""
+    out, i = [], 0
+    while i < len(spec):
+        ch = spec[i]
+        if ch in "lrc":
+            out.append(ch)
+        elif ch in "pmb" and i + 1 < len(spec) and spec[i + 1] == "{":
+            out.append("l")
+            i = spec.index("}", i)
+        i += 1
+    return out
+
+
 def to_markdown(t: Table) -> str:
     def esc(s: str) -> str:
         return str(s).replace("|", "\\|")
 
     lines = [f"**{t.caption}**", "", "| " + " | ".join(esc(h) for h in t.header) + " |"]
-    lines.append("|" + "|".join("---" if a == "l" else "---:" for a in t.align) + "|")
+    lines.append("|" + "|".join("---" if a == "l" else "---:" for a in column_aligns(t.align)) + "|")
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in t.rows]
     if t.notes:
         lines.append("")
@@ -441,7 +661,7 @@ def to_markdown(t: Table) -> str:
 
 def to_html(t: Table) -> str:
     e = html.escape
-    align = ["left" if a == "l" else "right" for a in t.align]
+    align = ["left" if a == "l" else "right" for a in column_aligns(t.align)]
     head = "".join(f'<th style="text-align:{a}">{e(h)}</th>' for h, a in zip(t.header, align, strict=False))
     body = "".join(
         "<tr>" + "".join(f'<td style="text-align:{a}">{e(c)}</td>' for c, a in zip(row, align, strict=False)) + "</tr>"

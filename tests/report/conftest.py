@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from report_helpers import OFFLINE_RUN, RUNS
+from report_helpers import OFFLINE_RUN, RUNS, load_study_generator
 
 
 @pytest.fixture
@@ -37,3 +37,21 @@ def offline_wandb_run(tmp_path_factory) -> tuple[Path, str]:
     assert res.returncode == 0, res.stderr[-2000:]
     run_id = res.stdout.strip().splitlines()[-1]
     return env_dir, run_id
+
+
+@pytest.fixture(scope="session")
+def study_records(tmp_path_factory) -> Path:
+    """The new-schema fake study (tests/report/fixtures/make_study.py): 10 seeds x 3 splits, best-epoch tests."""
+    root = tmp_path_factory.mktemp("study") / "records"
+    load_study_generator().write_study(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def study_report(study_records, tmp_path_factory) -> Path:
+    """``hybridpool-report`` on the fake study, figures included (written once per session)."""
+    from hybridpool.report.cli import main
+
+    out = tmp_path_factory.mktemp("study_report")
+    assert main([str(study_records), "--out", str(out)]) == 0
+    return out

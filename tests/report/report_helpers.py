@@ -56,3 +56,11 @@ def load_fixture_generator():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_study_generator():
+    """tests/report/fixtures/make_study.py (the new-schema fake study) as a module."""
+    spec = importlib.util.spec_from_file_location("hp_make_study", FIXTURES / "make_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

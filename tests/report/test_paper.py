@@ -6,6 +6,7 @@ CI gets TeX from Debian: apt-get install --no-install-recommends texlive-latex-b
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,4 +47,25 @@ def test_paper_builds_from_the_fixture_records(tmp_path):
     log = (paper / "main.log").read_text(errors="replace")
     assert "undefined" not in log.lower().replace("undefined references", ""), "undefined references or citations"
     assert "There were undefined" not in log
-    assert (paper / "generated" / "tables" / "results-fixture-synth-detail-smallcnn.tex").is_file()
+    generated = paper / "generated"
+    assert (generated / "tables" / "results-fixture-synth-detail-smallcnn.tex").is_file()  # the old fixture
+    assert (generated / "tables" / "results-study-fg-flowers17-mobilenet-v2.tex").is_file()  # the fake study
+    main = (generated / "tables" / "main.tex").read_text()
+    assert "best validation epoch" in main and r"30 (3 $\times$ 10)" in main
+    for fig in ("differences", "learned"):
+        assert (generated / "figures" / f"{fig}.pdf").is_file()
+    assert r"\newcommand{\hpVerdictQOneA}" in (generated / "macros.tex").read_text()
+
+
+def test_the_results_and_limits_sections_type_no_number_and_read_the_verdicts():
+    """main.tex's results and limits: every number comes from a macro or a generated file, every verdict too."""
+    tex = (ROOT / "paper" / "main.tex").read_text()
+    body = tex[tex.index(r"\section{Results}") : tex.index(r"\section{Relation to prior findings}")]
+    stripped = re.sub(r"\\(ref|label|input|includegraphics|citep|cite)(\[[^]]*\])?\{[^}]*\}", "", body)
+    stripped = re.sub(r"\\[A-Za-z]+", "", stripped)  # macro names (\hpVerdictQOneA, \textbf, ...)
+    stripped = re.sub(r"\bQ[0-9][a-z]?\b", "", stripped)  # claim keys (Q1a) are names, not numbers
+    assert not re.findall(r"[0-9]", stripped), re.findall(r".{30}[0-9].{30}", stripped)
+    for key in ("QOneA", "QOneB", "QOneC", "QOneD"):
+        assert rf"\hpVerdict{key}" in body and rf"\hpSummary{key}" in body
+    for word in ("agrees", "contradicts"):
+        assert word not in re.sub(r"\\emph\{[^}]*\}|verdict word \([^)]*\)", "", body.split(r"\paragraph{Q1")[1])

@@ -9,6 +9,7 @@ import pytest
 from report_helpers import AVG_SYNTH, RUNS, load_fixture_generator, write_record
 
 from hybridpool.report.runs import (
+    Unit,
     find_results,
     group_runs,
     load_runs,
@@ -34,7 +35,8 @@ def test_fixture_runs_are_read_and_grouped_into_cells():
     assert len(study.cells) == 8
     avg = _cell(study, "synth_detail", "avg")
     assert avg.arms == {}  # post_bn is constant on synth_detail, so it does not label cells there
-    assert avg.completed("test/acc") == dict(enumerate(AVG_SYNTH))
+    assert {u.seed: v for u, v in avg.completed("test/acc").items()} == dict(enumerate(AVG_SYNTH))
+    assert {u.split for u in avg.completed("test/acc")} == {None}  # no split_seed in the config: split follows seed
     # old-style records (tag pool:hybrid_scalar, no pool field) are named by their canonical spec
     flowers_hybrid = [c for c in study.cells if c.data == "flowers17" and c.pool == "hybrid"]
     assert sorted(str(c.arms["model.post_bn"]) for c in flowers_hybrid) == ["False", "True"]
@@ -48,7 +50,7 @@ def test_failed_and_missing_runs_are_problems_not_averaged():
     failed = next(p for p in study.problems if p.kind == "failed")
     assert "FloatingPointError" in failed.detail and failed.source.endswith("results.json")
     hybrid = _cell(study, "synth_detail", "hybrid")
-    assert sorted(hybrid.completed("test/acc")) == [0, 1, 2, 4]
+    assert [u.seed for u in hybrid.completed("test/acc")] == [0, 1, 2, 4]
     assert study.counts() == {"completed": 38, "failed": 1, "missing": 1}
 
 
@@ -90,7 +92,7 @@ def test_unfinished_duplicated_and_metricless_runs_are_reported(tmp_path):
     running = next(p for p in study.problems if p.kind == "running")
     assert "killed" in running.detail
     avg = _cell(study, "synth_texture", "avg")
-    assert avg.completed("test/acc")[1] == 0.6  # the latest finished duplicate is used
+    assert avg.completed("test/acc")[Unit(None, 1)] == 0.6  # the latest finished duplicate is used
 
 
 def test_find_results_rejects_a_missing_folder(tmp_path):

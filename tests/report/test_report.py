@@ -11,7 +11,7 @@ from report_helpers import AVG_SYNTH, RUNS, write_record
 
 from hybridpool.report.cli import main
 from hybridpool.report.figures import FIGURES
-from hybridpool.report.stats import holm, mean_ci, paired_comparison
+from hybridpool.report.stats import holm_family, mean_ci, paired_comparison
 from hybridpool.report.tables import fmt_ci, fmt_num, fmt_p, fmt_pct, tex
 
 GEM_SYNTH = [a + d for a, d in zip(AVG_SYNTH, [0.01, 0.02, 0.03, 0.04, 0.05], strict=True)]
@@ -32,13 +32,15 @@ def _row(tex_text: str, first: str) -> list[str]:
 
 
 def test_every_output_is_written(report):
-    for name in ("summary.md", "summary.html", "macros.tex", "results.tex", "runs.csv", "report.json"):
+    names = ("summary.md", "summary.html", "macros.tex", "results.tex", "claims.tex", "runs.csv", "report.json")
+    for name in names:
         assert (report / name).stat().st_size > 0, name
     for name in FIGURES:
         for ext in ("png", "pdf"):
             assert (report / "figures" / f"{name}.{ext}").stat().st_size > 1000, f"{name}.{ext}"
     tables = {p.stem for p in (report / "tables").glob("*.tex")}
-    assert {"status", "setup", "overview", "internals", "cost", "results-all"} <= tables
+    expected = {"main", "testsets", "claims-summary", "status", "setup", "overview", "internals", "cost"}
+    assert expected | {"results-all"} <= tables
     assert {"results-fixture-synth-detail-smallcnn", "results-fixture-flowers17-mobilenet-v2"} <= tables
     for p in (report / "tables").glob("*.tex"):
         text = p.read_text()
@@ -77,18 +79,19 @@ def test_latex_numbers_equal_the_statistics(report):
         "GeM": dict(enumerate(GEM_SYNTH)),
         "Hybrid (scalar)": {0: 0.93, 1: 0.94, 2: 0.92, 4: 0.95},  # seed 3 failed
     }
-    comps = {k: paired_comparison(v, base) for k, v in others.items()}
-    p_t = dict(zip(comps, holm([c.p_t for c in comps.values()]), strict=True))
-    p_w = dict(zip(comps, holm([c.p_w for c in comps.values()]), strict=True))
+    comps = dict(zip(others, holm_family([paired_comparison(v, base) for v in others.values()]), strict=True))
     for name, c in comps.items():
         row = _row(text, tex(name))
         assert row[1] == f"{c.n}/5"
         assert row[4:] == [
             tex(fmt_pct(c.mean_diff, signed=True)),
             tex(fmt_ci(c.ci, signed=True)),
-            tex(fmt_p(p_t[name])),
-            tex(fmt_p(p_w[name])),
+            f"{c.n_zero}/{c.n}",
+            tex(fmt_p(c.p_t_holm)),
+            tex(fmt_p(c.p_perm_holm)),
+            tex(fmt_p(c.p_w_holm)),
             tex(fmt_num(c.d_z)),
+            "no",  # five seeds: the sign-flip test cannot go below 2/32 = 0.0625, so nothing is significant
         ]
     gem = _row(text, "GeM")
     assert gem[4:6] == ["+3.00", "[+1.04, +4.96]"]  # by hand: 0.03 +- 0.0196324
@@ -107,6 +110,7 @@ def test_macros_and_results_body_for_the_paper(report):
     body = (report / "results.tex").read_text()
     for fig in ("accuracy", "paired", "mixing_weights", "gem_p", "attention_grid", "cost"):
         assert rf"\hpgenerated/figures/{fig}.pdf" in body
+    assert r"\newcommand{\hpMainSelection}{last epoch}" in macros  # the old fixture has no val/acc_best_epoch
     assert r"\input{\hpgenerated/tables/results-fixture-synth-detail-smallcnn}" in body
 
 
