@@ -57,14 +57,11 @@ warm() {
 }
 
 FG_POOLS="avg,max,gem,lse,kmax,attn,qattn,hybrid_scalar,hybrid_channel,hybrid_gate,hybrid_concat"
-# the fine-grained block on one data set: the single and hybrid pools, covariance pooling and the hybrid's design
-# arms (branch_norm, init=gap), seeds x splits, then the arms without post-pool BatchNorm
+# the fine-grained block on one data set: the single and hybrid pools and covariance pooling, seeds x splits (the
+# hybrid's design arms run on CUB: fg_cub_arms)
 fg_block() {
     local data="$1"; shift
     heads "fg-$data-pools" experiment=study_fg "data=$data" "pool=$FG_POOLS,cov" "seed=$SEEDS" "$@"
-    heads "fg-$data-hybrid-bn" experiment=study_fg "data=$data" pool=hybrid_scalar pool.branch_norm=true \
-        "seed=$SEEDS" "$@"
-    heads "fg-$data-hybrid-gapinit" experiment=study_fg "data=$data" pool=hybrid_scalar pool.init=gap "seed=$SEEDS" "$@"
 }
 # the flatten + FC head, GeM with fixed p between GAP (p=1) and max, and the two-branch hybrid trained jointly
 # or freeze-and-train (not groupable: one Lightning job each)
@@ -112,7 +109,7 @@ for part in $PARTS; do
         OMP_NUM_THREADS=1 fg_block dtd "data.split_seed=$SPLITS" &
         wait
         for d in flowers17 dtd; do  # the background blocks' sweeps, for the collection below
-            SWEEPS+=("$STUDY_DIR/fg-$d-pools" "$STUDY_DIR/fg-$d-hybrid-bn" "$STUDY_DIR/fg-$d-hybrid-gapinit")
+            SWEEPS+=("$STUDY_DIR/fg-$d-pools")
         done
         ;;
     fg_extra)
