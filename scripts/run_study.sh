@@ -90,7 +90,7 @@ for part in $PARTS; do
         # covariance pooling and the hybrid's design arms; the attention diagnosis: the rules before the fix
         # (the pools' weights at pool_lr_mult; qattn's dot-product logits)
         heads fg-cub-cov experiment=study_fg data=cub pool=cov trainer.max_epochs=8 "seed=$SEEDS"
-        heads fg-cub-hybrid-bn experiment=study_fg data=cub pool=hybrid_scalar pool.branch_norm=true \
+        heads fg-cub-hybrid-bn experiment=study_fg data=cub pool=hybrid_scalar +pool.branch_norm=true \
             trainer.max_epochs=8 "seed=$SEEDS"
         heads fg-cub-hybrid-gapinit experiment=study_fg data=cub pool=hybrid_scalar pool.init=gap \
             trainer.max_epochs=8 "seed=$SEEDS"
