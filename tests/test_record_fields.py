@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from hybridpool.models import Classifier, SmallCNN
+from hybridpool.pooling import pooling_parameters
 from hybridpool.records import read_results
 from hybridpool.run import compose_config
 from hybridpool.run.callbacks import save_attention_arrays
@@ -41,7 +42,11 @@ def test_describe_counts_parameters_by_part(pool, kwargs):
     # the counts agree with the optimizer groups (which hold the trainable parameters only)
     groups = model.parameter_groups()
     assert sum(p.numel() for g in groups.values() for p in g) == params["trainable"]
-    assert sum(p.numel() for p in groups["pool"]) == params["pool"]
+    # the pool group holds the pools' shape parameters (p, mixing); their weights (attention projection) train with
+    # the head
+    shape = sum(p.numel() for p in pooling_parameters(model, "shape"))
+    assert sum(p.numel() for p in groups["pool"]) == shape
+    assert sum(p.numel() for p in groups["head"]) == params["head"] + params["pool"] - shape
 
 
 def test_avg_pool_has_no_parameters_and_gem_one():

@@ -7,6 +7,8 @@ Reads runs (``results.json``, offline W&B files, a W&B project), never training 
   permutation test (the decision rule: both reject after Holm), the exact Wilcoxon test (supplementary), d_z.
 - :mod:`.analysis`: per-cell summaries over units (split, seed), comparisons with the baseline pool, test-set sizes.
 - :mod:`.claims`, :mod:`.verdicts`: the study's claims (Q1a-Q4e), best pools chosen on validation, verdicts.
+- :mod:`.arms`: the study's arms on CUB: the attention diagnosis (weights' learning rate, logits, entropy, the
+  attention target) and the hybrid's Q1 design arms against the best single pool.
 - :mod:`.tables`, :mod:`.figures`, :mod:`.latex`, :mod:`.summary`: LaTeX/Markdown/HTML tables, matplotlib
   figures, the paper's generated LaTeX, the summaries. :mod:`.cli`: the command line.
 """

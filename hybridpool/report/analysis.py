@@ -57,6 +57,7 @@ POOL_NAMES = {
     "attn": "Attention",
     "qattn": "Query attention",
     "hybrid": "Hybrid (scalar)",
+    "hybrid(branch_norm=true)": "Hybrid (scalar, branch norm)",
     "hybrid(mixing=channel)": "Hybrid (channel)",
     "hybrid(mixing=gate)": "Hybrid (gate)",
     "hybrid(mixing=concat)": "Hybrid (concat)",

@@ -54,6 +54,7 @@ __all__ = [
     "BEST_SINGLE",
     "CLAIMS",
     "DEFAULT_ARMS",
+    "POOL_DEFAULT_ARMS",
     "VALIDATION",
     "Best",
     "Claim",
@@ -61,7 +62,10 @@ __all__ = [
     "S",
     "Sel",
     "Trend",
+    "arm_value",
+    "canon",
     "cell_label",
+    "default_arm",
     "seed_values",
     "validation_rule",
 ]
@@ -80,6 +84,11 @@ DEFAULT_ARMS: dict[str, Any] = {
     "pool.branch_norm": False,  # the hybrid's design arm: per-branch normalisation before mixing
     "pool.similarity": "cosine",  # query attention; the diagnosis arm is dot
     "optim.pool_weights": "head",  # the pools' weight matrices train with the head; the diagnosis arm: "pool"
+}
+#: arm defaults that differ between pools (the pool's own config default), over :data:`DEFAULT_ARMS`
+POOL_DEFAULT_ARMS: dict[str, dict[str, Any]] = {
+    "attn": {"pool.temperature": 1.0},
+    "qattn": {"pool.temperature": 0.1},
 }
 #: the validation score a :class:`Best` chooses by: per unit ``val/acc_best`` (the best validation epoch's
 #: accuracy, the epoch whose weights were tested) where recorded, else ``val/acc`` (the last epoch's)
@@ -120,6 +129,15 @@ def _canon(v: Any) -> str:
         return text
 
 
+def default_arm(pool: str, key: str) -> Any:
+    """The default of arm ``key`` for ``pool``: :data:`POOL_DEFAULT_ARMS`, else :data:`DEFAULT_ARMS`, else ``-``."""
+    return POOL_DEFAULT_ARMS.get(pool, {}).get(key, DEFAULT_ARMS.get(key, MISSING))
+
+
+def _default_keys(pool: str) -> list[str]:
+    return [*DEFAULT_ARMS, *(k for k in POOL_DEFAULT_ARMS.get(pool, {}) if k not in DEFAULT_ARMS)]
+
+
 def _arm_value(cell: Cell, key: str) -> Any:
     """The cell's value of the config key ``key``: its arm value, else its runs' config, else ``-``."""
     if key in cell.arms:
@@ -130,6 +148,10 @@ def _arm_value(cell: Cell, key: str) -> Any:
     return MISSING
 
 
+canon = _canon
+arm_value = _arm_value
+
+
 def _short(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
@@ -138,8 +160,10 @@ def _short(key: str) -> str:
 class Sel:
     """A cell of a block: ``pool`` (a pool spec) with the arm values ``arms`` (``((config key, value), ...)``).
 
-    Keys not named take any value when one cell matches; when several match, the one at :data:`DEFAULT_ARMS`
-    (or without the key) is taken, and a selector that still matches several cells tests nothing (ambiguous).
+    Keys not named take any value when one cell matches; when several match, the one at the defaults
+    (:func:`default_arm`; a cell without the key counts as at its default) is taken, preferring a cell that records
+    the default to one whose records lack the key, and a selector that still matches several cells tests nothing
+    (ambiguous).
     """
 
     pool: str
@@ -153,6 +177,10 @@ class Sel:
         arms = ", ".join(f"{_short(k)}={_text(v)}" for k, v in self.arms)
         return f"{name} [{arms}]"
 
+    def _at_default(self, cell: Cell, key: str) -> bool:
+        """Whether ``cell`` has the default of ``key`` (a cell without the key counts as at its default)."""
+        return _canon(_arm_value(cell, key)) in (_canon(default_arm(self.pool, key)), MISSING, "null")
+
     def find(self, cells: Sequence[Cell]) -> tuple[Cell | None, str]:
         """``(cell, "")`` or ``(None, why not)``."""
         want = {k: _canon(v) for k, v in self.arms}
@@ -160,12 +188,14 @@ class Sel:
             c for c in cells if c.pool == self.pool and all(_canon(_arm_value(c, k)) == v for k, v in want.items())
         ]
         if len(found) > 1:
-            free = [k for k in DEFAULT_ARMS if k not in want]
-            found = [
-                c
-                for c in found
-                if all(_canon(_arm_value(c, k)) in (_canon(DEFAULT_ARMS[k]), MISSING, "null") for k in free)
-            ]
+            free = [k for k in _default_keys(self.pool) if k not in want]
+            found = [c for c in found if all(self._at_default(c, k) for k in free)]
+            # a cell that records the default beats one whose (older) records lack the key: before a setting
+            # existed the rule may have been another (optim.pool_weights: the weights at pool_lr_mult)
+            for k in free:
+                explicit = [c for c in found if _canon(_arm_value(c, k)) == _canon(default_arm(self.pool, k))]
+                if explicit and len(explicit) < len(found):
+                    found = explicit
             if len(found) != 1:
                 return None, f"{len(found)} cells match {self.label} at the default arms"
         if not found:
@@ -229,12 +259,16 @@ class Best:
 
 
 def cell_label(cell: Cell) -> str:
-    """``pool [arm=value, ...]`` naming only the arms the cell has that differ from :data:`DEFAULT_ARMS`."""
-    arms = [
-        f"{_short(k)}={_text(v)}"
-        for k, v in sorted(cell.arms.items())
-        if _canon(v) not in (MISSING, "null") and (k not in DEFAULT_ARMS or _canon(v) != _canon(DEFAULT_ARMS[k]))
-    ]
+    """``pool [arm=value, ...]`` naming only the arms the cell has that differ from the defaults
+    (:func:`default_arm`), and the arms that tell it from another cell of the same pool and block whose records
+    lack the key (:attr:`.runs.Cell.label_keys`: ``pool_weights=–`` next to ``pool_weights=head``)."""
+    shown = getattr(cell, "label_keys", ())
+    arms = []
+    for k, v in sorted(cell.arms.items()):
+        if k in shown:
+            arms.append(f"{_short(k)}={'–' if _canon(v) in (MISSING, 'null') else _text(v)}")
+        elif _canon(v) not in (MISSING, "null") and _canon(v) != _canon(default_arm(cell.pool, k)):
+            arms.append(f"{_short(k)}={_text(v)}")
     name = pool_name(cell.pool)
     return f"{name} [{', '.join(arms)}]" if arms else name
 

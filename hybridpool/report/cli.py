@@ -7,8 +7,10 @@
 Writes into ``--out``: ``summary.md``, ``summary.html``, ``tables/*.tex`` (booktabs; the paper inputs them),
 ``figures/*.{png,pdf}``, ``macros.tex`` and ``results.tex`` (the paper's generated results section), ``claims.tex``
 (each named claim of the study tested from the records: where the results agree with it and where not),
-``runs.csv`` (one row per run), ``report.json`` (every number, machine-readable). Failed, unfinished and missing
-runs are listed in the summary and in ``report.json``; ``--strict`` makes them an error (exit code 1).
+``runs.csv`` (one row per run), ``report.json`` (every number, machine-readable); of the study's arms on CUB
+(:mod:`hybridpool.report.arms`), ``tables/attention-diagnosis.tex`` and ``tables/q1-design-arms.tex``. Failed,
+unfinished and missing runs are listed in the summary and in ``report.json``; ``--strict`` makes them an error
+(exit code 1).
 """
 
 from __future__ import annotations
@@ -77,7 +79,9 @@ def _claims_json(claims: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _report_json(analysis: Any, claims: Any = (), literature: str = "") -> dict[str, Any]:
+def _report_json(
+    analysis: Any, claims: Any = (), literature: str = "", arms: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from dataclasses import asdict
 
     from hybridpool.report.analysis import dataset_facts
@@ -140,6 +144,7 @@ def _report_json(analysis: Any, claims: Any = (), literature: str = "") -> dict[
             "notes": analysis.notes,
             "cells": cells,
             "claims": _claims_json(claims),
+            **(arms or {}),
         }
     )
 
@@ -173,6 +178,7 @@ def write_report(
     Raises ``ValueError`` when no run is found.
     """
     from hybridpool.report.analysis import analyse
+    from hybridpool.report.arms import attention_diagnosis, design_arms
     from hybridpool.report.latex import claims_summary_table, write_claims, write_macros, write_results_body
     from hybridpool.report.runs import group_runs, load_runs
     from hybridpool.report.summary import write_summaries
@@ -192,6 +198,11 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     command = command or "hybridpool-report " + " ".join(shlex.quote(str(p)) for p in paths)
     tables = build_tables(analysis)
+    diagnosis, q1_arms = attention_diagnosis(study, level), design_arms(study, level)
+    for t in (diagnosis.table, q1_arms.table):
+        if study.fixture:
+            t.caption = f"{PIPELINE_CHECK}. {t.caption}"
+        tables[t.name] = t
     files = write_latex(tables, out / "tables")
     figs: dict[str, list[Path]] = {}
     if figures:
@@ -201,7 +212,8 @@ def write_report(
         files += [p for v in figs.values() for p in v]
     claims = evaluate_claims(study, level, alpha=analysis.alpha)
     lit_plain, lit_tex = literature_line(study, level)
-    files.append(write_macros(analysis, out / "macros.tex", command, claims, lit_tex))
+    extra = {**diagnosis.macros, **q1_arms.macros}
+    files.append(write_macros(analysis, out / "macros.tex", command, claims, lit_tex, extra))
     files.append(write_results_body(analysis, tables, out / "results.tex"))
     claim_tabs = {r.claim.key: claim_tables(r, study, level) for r in claims}
     summary_table = claims_summary_table(claims)
@@ -211,10 +223,17 @@ def write_report(
     (out / "tables" / "claims-summary.tex").write_text(to_latex(summary_table))
     files.append(out / "tables" / "claims-summary.tex")
     files.append(write_claims(claims, claim_tabs, out / "claims.tex", level, analysis.alpha))
-    files += write_summaries(analysis, tables, figs, out, command, claims, claim_tabs, summary_table, lit_plain)
+    arm_sections = [
+        ("Attention on frozen features: the diagnosis", f"Target: {diagnosis.text}", diagnosis.table),
+        ("Q1 design arms", "", q1_arms.table),  # the best single pools and margins: the table's notes
+    ]
+    files += write_summaries(
+        analysis, tables, figs, out, command, claims, claim_tabs, summary_table, lit_plain, arm_sections
+    )
     files.append(_runs_csv(study, out / "runs.csv"))
     rj = out / "report.json"
-    rj.write_text(json.dumps(_report_json(analysis, claims, lit_plain), indent=1, default=str) + "\n")
+    arms_json = {"attention_diagnosis": diagnosis.data, "design_arms": q1_arms.data}
+    rj.write_text(json.dumps(_report_json(analysis, claims, lit_plain, arms_json), indent=1, default=str) + "\n")
     files.append(rj)
     return {"analysis": analysis, "tables": tables, "claims": claims, "files": files}
 

@@ -82,6 +82,7 @@ def write_macros(
     command: str,
     claims: list[ClaimResult] | None = None,
     cov_line: str = "",
+    extra: dict[str, str] | None = None,
 ) -> Path:
     """``\\hpNumRuns``, ``\\hpNumCompleted``, ``\\hpNumFailed``, ``\\hpNumUnfinished``, ``\\hpNumMissing``,
     ``\\hpNumCells``, ``\\hpNumDatasets``, ``\\hpSeeds``, ``\\hpMetric``, ``\\hpBaseline``, ``\\hpLevel``,
@@ -91,7 +92,8 @@ def write_macros(
     ``\\hpMarginImages``), what the main table rests on (``\\hpSelection``, ``\\hpMainSelection``,
     ``\\hpMainSeeds``, ``\\hpMainSplits``, ``\\hpMainUnits``, ``\\hpMainTestImages``, ``\\hpMainImagePp``), per claim
     ``\\hpVerdict<K>``, ``\\hpSummary<K>``, ``\\hpTitle<K>`` (:func:`macro_key`),
-    ``\\hpNumClaims``, ``\\hpNumClaimsAgree`` and ``\\hpCovLine``."""
+    ``\\hpNumClaims``, ``\\hpNumClaimsAgree``, ``\\hpCovLine``, and ``extra`` (``{name: LaTeX}``: the attention
+    diagnosis' ``\\hpDiag...`` and the design arms' ``\\hpArms...`` of :mod:`.arms`)."""
     study = analysis.study
     counts = study.counts()
     seeds = sorted({r.seed for r in study.runs if r.seed is not None})
@@ -158,6 +160,10 @@ def write_macros(
         values[f"hpSummary{k}"] = _claim_tex("; ".join(r.summary))
         values[f"hpTitle{k}"] = _claim_tex(r.claim.title)
     values["hpCovLine"] = cov_line or tex("No covariance-pooling runs on CUB in these records.")
+    for k, v in (extra or {}).items():
+        if k in values:
+            raise ValueError(f"macro \\{k} is defined twice")
+        values[k] = v
     lines = [HEADER, r"\newif\ifhppipelinecheck"]
     lines.append(r"\hppipelinechecktrue" if study.fixture else r"\hppipelinecheckfalse")
     lines.append(r"\newcommand{\hpPipelineCheckText}{" + tex(PIPELINE_CHECK) + "}")

@@ -708,6 +708,9 @@ class Cell:
         key: ``(task, data, backbone, pool, (arm, value), ...)``, hashable and sortable.
         task, data, backbone, pool, mixing: identity. arms: ``{config key: value}`` of the extra arm keys.
         runs: every run of the cell (any status). expected_units: the units (:class:`Unit`) its block ran.
+        label_keys: arm keys a label must show even at their default or when missing (``-``): those where another
+            cell of the same block and pool lacks the key and this one has it, or the other way round (older records
+            written before a setting existed are a cell of their own, never named like the default one).
     """
 
     task: str
@@ -718,6 +721,7 @@ class Cell:
     runs: list[Run]
     mixing: str | None = None
     expected_units: tuple[Unit, ...] = ()
+    label_keys: tuple[str, ...] = ()
 
     @property
     def block(self) -> tuple[str, str, str]:
@@ -866,6 +870,20 @@ def group_runs(runs: Sequence[Run], metric: str = "test/acc") -> Study:
                 kept[c.block].add(k)
     for c in ordered:
         c.arms = {k: v for k, v in c.arms.items() if k in kept[c.block]}
+    siblings: dict[tuple, list[Cell]] = defaultdict(list)
+    for c in ordered:
+        siblings[(*c.block, c.pool)].append(c)
+    for group in siblings.values():
+        if len(group) < 2:
+            continue
+        keys = tuple(
+            k
+            for k in sorted({k for c in group for k in c.arms})
+            if any(c.arms.get(k, MISSING) == MISSING for c in group)
+            and any(c.arms.get(k, MISSING) != MISSING for c in group)
+        )
+        for c in group:
+            c.label_keys = keys
     problems: list[Problem] = []
     units_by_block: dict[tuple, set[Unit]] = defaultdict(set)
     for c in ordered:

@@ -53,6 +53,7 @@ def _blocks(
     claim_tables: dict[str, list[Table]] | None = None,
     claims_summary: Table | None = None,
     literature: str = "",
+    arms: list[tuple[str, str, Table]] | None = None,
 ) -> list:
     """The summary as a list of ``(kind, payload)``: heading, para, list, table, figure."""
     study = analysis.study
@@ -90,6 +91,11 @@ def _blocks(
         out.append(("para", literature))
     out.append(("h3", "What the numbers rest on"))
     out.append(("table", tables["testsets"]))
+    for title, text, table in arms or []:
+        out.append(("h2", title))
+        if text:
+            out.append(("para", text))
+        out.append(("table", table))
     out.append(("h2", "Results"))
     out.append(("table", tables["overview"]))
     for name, t in tables.items():
@@ -175,12 +181,15 @@ def write_summaries(
     claim_tables: dict[str, list[Table]] | None = None,
     claims_summary: Table | None = None,
     literature: str = "",
+    arms: list[tuple[str, str, Table]] | None = None,
 ) -> list[Path]:
     """``<out>/summary.md`` (figures linked) and ``<out>/summary.html`` (figures embedded).
 
-    ``claims`` (with ``claim_tables`` by claim key) adds the "Claims" section after the results.
+    ``claims`` (with ``claim_tables`` by claim key) adds the "Claims" section after the results; ``arms``
+    (``(title, text, table)``: the attention diagnosis and the Q1 design arms of :mod:`.arms`) a section each after
+    the main results.
     """
-    blocks = _blocks(analysis, tables, figures, command, claims, claim_tables, claims_summary, literature)
+    blocks = _blocks(analysis, tables, figures, command, claims, claim_tables, claims_summary, literature, arms)
     md = out / "summary.md"
     md.write_text(_markdown(blocks, out))
     page = out / "summary.html"

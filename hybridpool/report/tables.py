@@ -22,7 +22,7 @@ from hybridpool.report.analysis import (
     pool_name,
     selection_text,
 )
-from hybridpool.report.runs import Cell, Study
+from hybridpool.report.runs import MISSING, Cell, Study, short_key
 from hybridpool.report.stats import EXACT_MAX_N, PERMUTATION_RESAMPLES, MeanCI, PairedComparison
 
 __all__ = [
@@ -449,6 +449,7 @@ def main_table(analysis: Analysis) -> Table:
         ["Test metrics at", *[selection_text(facts[b].selection) for b in blocks]],
     ]
     chosen = {b: (BEST_SINGLE.find(cells_of[b])[0], BEST_HYBRID.find(cells_of[b])[0]) for b in blocks}
+    older, caption_tail = False, ""
     for pool in pools:
         row = [pool_name(pool)]
         for b in blocks:
@@ -465,16 +466,25 @@ def main_table(analysis: Analysis) -> Table:
                 text += f" (n={s.ci.n})"
             if len(s.selection) > 1:
                 text += " (mixed selection)"
+            unrecorded = [short_key(k) for k in c.label_keys if c.arms.get(k) == MISSING]
+            if unrecorded:  # older records stand in for the default: say so
+                text += " [" + ", ".join(f"{k}={DASH}" for k in unrecorded) + "]"
+                older = True
             row.append(text + mark)
         rows.append(row)
     level = round(100 * analysis.level)
+    if older:
+        caption_tail = (
+            f" [key={DASH}]: the cell's records predate a setting that other cells of the pool record (its rule may "
+            "differ from the default's; no cell records the default)."
+        )
     return Table(
         name="main",
         caption=f"Test accuracy (%) per pool and data set: mean ± half-width of the {level}% interval over units "
         "(a unit is one data split and seed; the t-interval, or * the two-level bootstrap over splits where it is "
         "wider, which can be asymmetric: its bounds are in the per-dataset tables). Each pool at the study's "
         "default arms. † best single pool, ‡ best hybrid, each chosen on "
-        "validation accuracy, not on these numbers. (n=k): fewer units than the column's.",
+        "validation accuracy, not on these numbers. (n=k): fewer units than the column's." + caption_tail,
         header=["Pool", *[short_block(b) for b in blocks]],
         rows=rows if pools else [*rows, [DASH] * (len(blocks) + 1)],
         align="l" + "r" * len(blocks),
@@ -587,6 +597,7 @@ _TEX_MAP = {
     "‡": r"\textsuperscript{\ddag}",
     "≥": r"$\ge$",
     "→": r"$\rightarrow$",
+    "τ": r"$\tau$",
 }
 
 

@@ -44,12 +44,14 @@ def _row(tex_text: str, first: str) -> list[str]:
 
 def test_the_fake_study_has_the_new_schema(study_records, study):
     files = list(study_records.rglob("results.json"))
-    assert len(files) == 7 * (10 + 30 + 30) - 1  # one missing
+    assert len(files) == 7 * (10 + 30 + 30) - 1 + len(GEN.ARMS) * 10  # one missing; the CUB arms
     rec = json.loads(files[0].read_text())
     assert {"val/acc_best", "val/acc_best_epoch", "test/acc"} <= set(rec["metrics"])
     assert rec["pool"]["spec"] in GEN.POOLS and rec["data"]["num_samples"]["test"] in (2999, 272, 240)
     cells = {(c.data, c.pool): c for c in study.cells}
-    assert len(cells) == 21 and study.arm_keys == []  # split_seed is a unit, never an arm
+    assert len(study.cells) == 21 + len(GEN.ARMS)  # every arm of the diagnosis and of Q1 a cell of its own
+    # split_seed is a unit, never an arm; the arms are the diagnosis' and the design arms' keys
+    assert study.arm_keys == ["optim.pool_weights", "pool.init", "pool.similarity", "pool.temperature"]
     flowers = cells[("flowers17", "avg")]
     assert len(flowers.expected_units) == 30 and flowers.splits == (0, 1, 2)
     assert flowers.selection() == "best"
