@@ -214,13 +214,19 @@ def test_slurm_time_limit_requeues_and_resumes_then_out_of_requeues_is_recorded_
     assert requeued["attempts"] == 2 and requeued["resumed_from"].endswith("last.ckpt")
     assert requeued["previous_attempt"]["status"] == "interrupted"  # submitit's exit after the requeue
     assert requeued["metrics"]["epochs"] == 2
-    assert exhausted["status"] == "failed" and "timed-out too many times" in exhausted["error"], exhausted["error"]
+    # out of requeues: submitit's reason when its handler runs first; when Lightning's SIGTERM handler stops the
+    # fit first (a loaded machine), the run records itself interrupted by the SIGTERM. Either way: recorded, with
+    # its checkpoint, and resumed below.
+    if exhausted["status"] == "failed":
+        assert "timed-out too many times" in exhausted["error"], exhausted["error"]
+    else:
+        assert exhausted["status"] == "interrupted" and "SIGTERM" in exhausted["error"], exhausted["error"]
     assert exhausted["attempts"] == 2 and (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
     for rec in recs.values():
         assert slurm.job_info(rec["job"]["id"])["Restarts"] == "1"  # each requeued once by SLURM
-    assert "2 jobs: 1 done, 1 failed" in out, out[-6000:]
+    assert f"2 jobs: 1 done, 1 {exhausted['status']}" in out, out[-6000:]
     counts = summarize(sweep).counts
-    assert (counts["done"], counts["failed"]) == (1, 1), counts
+    assert (counts["done"], counts[exhausted["status"]]) == (1, 1), counts
 
     t0 = time.monotonic()
     again = run_cli(train_env, args, timeout=400)

@@ -84,3 +84,34 @@ def test_wandb_launch_modules_are_imported_before_torch_when_wandb_logs(logger, 
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert done.stdout.split() == [str(preloaded), "False"]
+
+
+def test_wandb_start_retries_while_a_killed_attempt_still_holds_the_run_id(monkeypatch):
+    """Resuming after SIGKILL: W&B's service of the dead process may hold the run id for a while."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    import hybridpool.run.wandb as hw
+
+    class Held(WandbLogger):
+        def __init__(self, busy: int):
+            self.busy, self.calls, self.params = busy, 0, []
+
+        @property
+        def experiment(self):
+            self.calls += 1
+            if self.calls <= self.busy:
+                raise RuntimeError("run ID 1kr2f2ox is in use")
+            return object()
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            self.params.append(params)
+
+    sleeps = []
+    monkeypatch.setattr("time.sleep", lambda s: sleeps.append(s))
+    monkeypatch.setattr(hw, "wandb_run_info", lambda lg: {"id": "1kr2f2ox"})
+    session = hw.WandbSession({"seed": 0}, {"num": 1})
+    logger = Held(busy=2)
+    assert session.start([logger], wait_s=60) == {"id": "1kr2f2ox"}
+    assert logger.calls == 3 and sleeps == [2.0, 2.0] and logger.params  # config logged once the run is open
+    with pytest.raises(RuntimeError, match="is in use"):
+        session.start([Held(busy=100)], wait_s=0)  # past the deadline: the error, not a hang

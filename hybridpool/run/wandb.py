@@ -362,14 +362,19 @@ class WandbSession:
             kwargs["tags"] = tags
         return kwargs
 
-    def start(self, loggers: list[Any]) -> dict[str, Any] | None:
-        """Log the config to every logger and start the W&B run now, so its folder is known even if fit fails."""
-        for lg in loggers:
-            lg.log_hyperparams({**self.container, "job": self.job})
+    def start(self, loggers: list[Any], wait_s: float = 60.0) -> dict[str, Any] | None:
+        """Start the W&B run now (so its folder is known even if fit fails), then log the config to every logger.
+
+        Resuming a run whose earlier process was killed (SIGKILL, a lost node) can find W&B's service of that
+        process still holding the run id for a while ("run ID ... is in use"); the start is then retried every 2 s
+        for up to ``wait_s`` seconds.
+        """
         for lg in loggers:
             if is_wandb_logger(lg):
-                _ = lg.experiment
+                _open_experiment(lg, wait_s)
                 self.info = wandb_run_info(lg)
+        for lg in loggers:
+            lg.log_hyperparams({**self.container, "job": self.job})
         return self.info
 
     def summarize(self, loggers: list[Any], metrics: dict[str, float]) -> None:
@@ -425,3 +430,21 @@ class WandbSession:
         for lg in loggers:
             if hasattr(lg, "_experiment"):
                 lg._experiment = None
+
+
+def _open_experiment(logger: Any, wait_s: float) -> None:
+    """``logger.experiment`` (W&B init), retried while the run id is still held by a dead process's service."""
+    import time
+
+    from hybridpool.run.console import say
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            _ = logger.experiment
+            return
+        except Exception as err:
+            if "is in use" not in str(err) or time.monotonic() >= deadline:
+                raise
+            say(f"W&B: {err}; retrying in 2 s (the interrupted attempt's W&B service may still hold the run)")
+            time.sleep(2.0)
