@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ def run_dir(root: Path, name: str) -> Path:
 
 
 @pytest.fixture
-def train_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def train_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Offline W&B, caches and outputs under ``tmp_path``; no API key, no network."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
@@ -28,7 +28,14 @@ def train_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HYBRIDPOOL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HYBRIDPOOL_LOG_DIR", str(tmp_path / "outputs"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    return tmp_path
+    # a W&B run inside this process (the heads engine logs in-process) exports WANDB_SERVICE, and every later CLI
+    # subprocess would join that service, which keeps a killed job's run id "in use": restored after each test
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+    yield tmp_path
+    import sys
+
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
 
 
 @pytest.fixture
