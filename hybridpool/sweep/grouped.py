@@ -36,7 +36,6 @@ class _Pending:
     index: int
     cfg: DictConfig
     job: SweepJob
-    chash: str
     plan: JobPlan
     ret: JobReturn | None = None
 
@@ -49,11 +48,9 @@ def _planner(pending: list[_Pending], index: list[int]) -> Any:
     """The task function of the first pass: plan the job; groupable ones are deferred, others run now."""
 
     def task(cfg: DictConfig) -> Any:
-        from hybridpool.records import config_hash
         from hybridpool.run.heads import copy_config, group_problem
         from hybridpool.sweep import current_job
-        from hybridpool.sweep.job import _resolved, run_sweep_job
-        from hybridpool.sweep.plan import plan_job
+        from hybridpool.sweep.job import earlier_metric, job_plan, run_sweep_job
 
         job = current_job()
         assert job is not None, "the heads launcher runs multirun jobs only"
@@ -64,18 +61,13 @@ def _planner(pending: list[_Pending], index: list[int]) -> Any:
         job.start_unix = time.time()
         job.task_name = str(cfg.get("task_name") or "") or None
         try:
-            container = _resolved(cfg)
-            output_dir = Path(container["paths"]["output_dir"]).absolute()
-            chash = config_hash(container, output_dir)
-            plan = plan_job(chash, output_dir, job.sweep_dir)
+            plan = job_plan(cfg, job.sweep_dir)
         except Exception:
             return run_sweep_job(cfg, job)  # records the bad config as the single-run path does
         if plan.action == "skip":
             say(f"job {job.num} skipped: {plan.reason}")
-            key = cfg.get("optimized_metric")
-            value = ((plan.previous or {}).get("metrics") or {}).get(key) if key else None
-            return float(value) if value is not None else None
-        pending.append(_Pending(index[0], copy_config(cfg), job, chash, plan))
+            return earlier_metric(plan, cfg.get("optimized_metric"))
+        pending.append(_Pending(index[0], copy_config(cfg), job, plan))
         return _Deferred()
 
     return task
@@ -84,8 +76,8 @@ def _planner(pending: list[_Pending], index: list[int]) -> Any:
 def _run_group(items: list[_Pending]) -> None:
     """Train one group under the jobs' locks; put each job's ``optimized_metric`` (or ``None``) in its return."""
     from hybridpool.run.heads import train_heads
-    from hybridpool.sweep.job import placement_of
-    from hybridpool.sweep.plan import job_lock, plan_job
+    from hybridpool.sweep.job import job_plan, placement_of
+    from hybridpool.sweep.plan import job_lock
 
     with contextlib.ExitStack() as stack:
         mine: list[_Pending] = []
@@ -94,7 +86,7 @@ def _run_group(items: list[_Pending]) -> None:
                 say(f"job {item.job.num}: {item.plan.run_dir} is being run by another process; leaving it to that one")
                 continue
             # again, under the lock (another invocation may have finished it meanwhile)
-            item.plan = plan_job(item.chash, Path(item.cfg.paths.output_dir), item.job.sweep_dir)
+            item.plan = job_plan(item.cfg, item.job.sweep_dir)
             if item.plan.action == "skip":
                 continue
             mine.append(item)

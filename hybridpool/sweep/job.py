@@ -55,6 +55,12 @@ def job_plan(cfg: DictConfig, sweep_dir: Path) -> JobPlan:
     return plan_job(config_hash(container, output_dir), output_dir, sweep_dir)
 
 
+def earlier_metric(plan: JobPlan, key: str | None) -> float | None:
+    """A skipped job's ``optimized_metric`` ``key`` from its earlier, completed attempt (``None`` if absent)."""
+    value = ((plan.previous or {}).get("metrics") or {}).get(key) if key else None
+    return float(value) if value is not None else None
+
+
 def record_early_failure(cfg: DictConfig, job: SweepJob, err: BaseException) -> None:
     """A job that failed before :func:`~hybridpool.run.train` wrote its record (a bad config): write a failed one."""
     from hybridpool.run.wandb import WandbSession
@@ -99,8 +105,7 @@ def run_sweep_job(cfg: DictConfig, job: SweepJob) -> float | None:
             plan = job_plan(cfg, job.sweep_dir)  # again, under the lock
             if plan.action == "skip":
                 say(f"{label} skipped: {plan.reason}")
-                value = ((plan.previous or {}).get("metrics") or {}).get(key) if key else None
-                return float(value) if value is not None else None
+                return earlier_metric(plan, key)
             if plan.action == "resume" or plan.previous is not None:
                 say(f"{label}: {plan.reason}")
             metrics = train(cfg, placement_of(job, plan))
