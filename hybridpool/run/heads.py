@@ -41,7 +41,7 @@ from hybridpool.run.console import say
 from hybridpool.run.resume import Placement
 from hybridpool.run.wandb import WandbSession
 
-__all__ = ["HEADS_CKPT_FORMAT", "group_key", "group_problem", "train_heads"]
+__all__ = ["HEADS_CKPT_FORMAT", "copy_config", "group_key", "group_problem", "train_heads"]
 
 #: marks a ``checkpoints/last.ckpt`` written by this engine (pool + head only, not a Lightning checkpoint)
 HEADS_CKPT_FORMAT = "hybridpool-heads-1"
