@@ -4,12 +4,15 @@ The grid: ``experiment=study_fg data=cub trainer.max_epochs=8`` (frozen ImageNet
 the CUB-200-2011 subset), ``--pools`` x ``--seeds``: by default the study's 11 pools x 10 seeds = 110 runs. The same
 sweep runs twice in this one script, one after the other, each into its own sweep folder:
 
-1. ``hydra/launcher=heads``: one process trains all runs together (``hybridpool.run.heads``);
+1. ``hydra/launcher=heads hydra.launcher.n_jobs=<--heads-jobs>``: the runs train together (``hybridpool.run.heads``),
+   split by seed over that many worker processes (default 2, as joblib's);
 2. ``hydra/launcher=joblib hydra.launcher.n_jobs=2``: one Lightning job per run on 2 worker processes.
 
-It prints the wall time of each command, their ratio (target: grouped <= 0.2x joblib's) and how many runs give the
-same test accuracy both ways (a run's metrics do not depend on the engine; the test suite checks this on a small
-grid). The feature cache is warmed first (timed apart). Both folders must be new or empty.
+It prints the wall time of each command, their ratio (target: grouped <= 0.2x joblib's), where each one's time
+went (the runs' own training and evaluation, ``timing.fit_s`` + ``test_s`` of their records, against everything
+else: process-seconds per run) and how many runs give the same test accuracy both ways (a run's metrics do not
+depend on the engine; the test suite checks this on a small grid). The feature cache is warmed first (timed apart).
+Both folders must be new or empty.
 
     python scripts/bench_heads.py --out benchmarks/heads_cpu.txt
     python scripts/bench_heads.py --pools avg,attn --seeds 2 --out /tmp/quick.txt
@@ -58,10 +61,22 @@ def test_accuracies(sweep: Path) -> dict[tuple[str, int], float]:
     return out
 
 
+def run_seconds(sweep: Path) -> float:
+    """Sum over the completed runs under ``sweep`` of their own training and test time (``fit_s + test_s``)."""
+    total = 0.0
+    for rec_path in sweep.glob("*/results.json"):
+        rec = json.loads(rec_path.read_text())
+        if rec.get("status") == "completed":
+            timing = rec.get("timing") or {}
+            total += float(timing.get("fit_s") or 0) + float(timing.get("test_s") or 0)
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pools", default=POOLS)
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--heads-jobs", type=int, default=2, help="worker processes of the grouped half")
     parser.add_argument("--grouped-dir", type=Path, default=None)
     parser.add_argument("--joblib-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "heads_cpu.txt")
@@ -76,7 +91,7 @@ def main() -> None:
     grid = [*GRID, f"pool={a.pools}", f"seed={seeds}"]
     n = len(a.pools.split(",")) * a.seeds
     lines = [
-        f"# python scripts/bench_heads.py --pools {a.pools} --seeds {a.seeds}",
+        f"# python scripts/bench_heads.py --pools {a.pools} --seeds {a.seeds} --heads-jobs {a.heads_jobs}",
         f"# {datetime.now(timezone.utc).isoformat(timespec='seconds')}, {platform.node()}, {os.cpu_count()} CPUs,"
         f" python {platform.python_version()}",
         f"# grid: {' '.join(grid)} ({n} runs)",
@@ -84,12 +99,21 @@ def main() -> None:
     warm = run([*GRID, "pool=avg", "trainer.max_epochs=1", "logger=none", "callbacks=none",
                 f"hydra.run.dir={scratch / 'warm'}"], scratch / "warm.log")
     lines.append(f"feature cache warm-up (not in the walls below): {warm:.1f} s")
-    grouped = run(["-m", *grid, "hydra/launcher=heads", f"hydra.sweep.dir={grouped_dir}"], scratch / "grouped.log")
-    lines.append(f"grouped   (hydra/launcher=heads, 1 process): {grouped:8.1f} s wall  {grouped / n:6.2f} s per run")
+    heads = ["hydra/launcher=heads", f"hydra.launcher.n_jobs={a.heads_jobs}"]
+    grouped = run(["-m", *grid, *heads, f"hydra.sweep.dir={grouped_dir}"], scratch / "grouped.log")
+    name = f"grouped   (hydra/launcher=heads, {a.heads_jobs} process(es))"
+    lines.append(f"{name:<46} {grouped:8.1f} s wall  {grouped / n:6.2f} s per run")
     joblib = run(["-m", *grid, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={joblib_dir}"],
                  scratch / "joblib.log")
-    lines.append(f"joblib(2) (one Lightning job per run):      {joblib:8.1f} s wall  {joblib / n:6.2f} s per run")
+    lines.append(f"{'joblib(2) (one Lightning job per run)':<46} {joblib:8.1f} s wall  {joblib / n:6.2f} s per run")
     lines.append(f"grouped / joblib wall: {grouped / joblib:.3f} (target <= 0.2)")
+    halves = (("grouped", grouped_dir, grouped, a.heads_jobs), ("joblib", joblib_dir, joblib, 2))
+    for label, sweep, wall, procs in halves:
+        own = run_seconds(sweep)
+        lines.append(
+            f"{label:>7}: {procs} x {wall:.1f} s = {procs * wall:.1f} process-s; the runs' own training + evaluation "
+            f"{own:.1f} s ({own / n:.2f} s per run), the rest {(procs * wall - own) / n:.2f} s per run"
+        )
     g, j = test_accuracies(grouped_dir), test_accuracies(joblib_dir)
     same = sum(1 for k in g if k in j and abs(g[k] - j[k]) < 1e-6)
     lines.append(f"completed runs: grouped {len(g)}/{n}, joblib {len(j)}/{n}; same test/acc both ways: {same}/{n}")

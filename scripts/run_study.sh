@@ -3,7 +3,7 @@
 #
 #   scripts/run_study.sh                    # all parts; the wall time of the committed run: paper/results/README.md
 #   STUDY_PARTS="fg_cub fg" scripts/run_study.sh    # some parts: fg_cub fg_cub_arms fg fg_extra effnet synth
-#                                                   # synth_mix fashion
+#                                                   # synth_mix fashion (fashion_overfit: its 10% sweeps alone)
 #   STUDY_DIR=/tmp/study STUDY_WORKERS=2 scripts/run_study.sh
 #
 # The frozen-backbone parts (fg*, effnet) train many heads per pass (hydra/launcher=heads: one process per sweep
@@ -45,7 +45,8 @@ run_sweep() {
     say "sweep $name: exit $rc, $(( $(date +%s) - t0 )) s; $(grep -h ' jobs: ' "$STUDY_DIR/$name.log" | tail -n 1)"
 }
 sweep() { local name="$1"; shift; run_sweep "$name" "$@" hydra/launcher=joblib "hydra.launcher.n_jobs=$WORKERS"; }
-heads() { local name="$1"; shift; run_sweep "$name" "$@" hydra/launcher=heads; }
+# (on HEADS_JOBS worker processes, default $WORKERS; the groups are split by seed)
+heads() { local name="$1"; shift; run_sweep "$name" "$@" hydra/launcher=heads "hydra.launcher.n_jobs=${HEADS_JOBS:-$WORKERS}"; }
 
 # compute a frozen backbone's feature cache (train, val and test splits) once, before parallel jobs need it
 # (one epoch, nothing kept)
@@ -76,6 +77,16 @@ fg_extra() {
         pool.init=gap module.pool_schedule=joint,freeze_and_train "seed=$seeds" "$@"
 }
 
+# the overfitting claim (GAP against flatten + FC): 10% of the training images, trained 15 epochs (the best
+# validation epoch is tested), and the tested model's accuracy on its training images in eval mode
+# (callbacks=study_overfit: train_eval/acc)
+fashion_overfit() {
+    sweep fashion-10pct-long experiment=study_fashion pool=avg data.train_fraction=0.1 trainer.max_epochs=15 \
+        callbacks=study_overfit "seed=$SEEDS"
+    sweep fashion-10pct-long-flatten experiment=study_fashion pool=flatten "pool.spatial_size=[7,7]" \
+        data.train_fraction=0.1 trainer.max_epochs=15 callbacks=study_overfit "seed=$SEEDS"
+}
+
 SWEEPS=()
 T0=$(date +%s)
 say "study: parts '$PARTS', $WORKERS workers, into $STUDY_DIR"
@@ -87,13 +98,19 @@ for part in $PARTS; do
         heads fg-cub-pools experiment=study_fg data=cub "pool=$FG_POOLS" trainer.max_epochs=8 "seed=$SEEDS"
         ;;
     fg_cub_arms)
-        # covariance pooling and the hybrid's design arms; the attention diagnosis: the rules before the fix
+        # covariance pooling and the hybrid's design arms (per-branch normalisation, init=gap, an entropy penalty on
+        # the mixing weights, freeze-and-train); the attention diagnosis: the rules before the fix
         # (the pools' weights at pool_lr_mult; qattn's dot-product logits)
         heads fg-cub-cov experiment=study_fg data=cub pool=cov trainer.max_epochs=8 "seed=$SEEDS"
         heads fg-cub-hybrid-bn experiment=study_fg data=cub pool=hybrid_scalar +pool.branch_norm=true \
             trainer.max_epochs=8 "seed=$SEEDS"
         heads fg-cub-hybrid-gapinit experiment=study_fg data=cub pool=hybrid_scalar pool.init=gap \
             trainer.max_epochs=8 "seed=$SEEDS"
+        heads fg-cub-hybrid-entropy experiment=study_fg data=cub pool=hybrid_scalar \
+            +module.mix_entropy_weight=0.1,1.0 trainer.max_epochs=8 "seed=$SEEDS"
+        # freeze-and-train (one Lightning job each): GAP + head first, then the mixing weights train too
+        sweep fg-cub-hybrid-freeze experiment=study_fg data=cub pool=hybrid_scalar pool.init=gap \
+            module.pool_schedule=freeze_and_train trainer.max_epochs=8 "seed=$SEEDS"
         heads fg-cub-attn-before experiment=study_fg data=cub pool=attn optim.pool_weights=pool \
             trainer.max_epochs=8 "seed=$SEEDS"
         heads fg-cub-qattn-dot experiment=study_fg data=cub pool=qattn pool.similarity=dot pool.temperature=1.0 \
@@ -105,8 +122,8 @@ for part in $PARTS; do
             warm experiment=study_fg data=flowers17 "data.split_seed=$split"
             warm experiment=study_fg data=dtd "data.split_seed=$split"
         done
-        OMP_NUM_THREADS=1 fg_block flowers17 "data.split_seed=$SPLITS" &
-        OMP_NUM_THREADS=1 fg_block dtd "data.split_seed=$SPLITS" &
+        HEADS_JOBS=1 OMP_NUM_THREADS=1 fg_block flowers17 "data.split_seed=$SPLITS" &
+        HEADS_JOBS=1 OMP_NUM_THREADS=1 fg_block dtd "data.split_seed=$SPLITS" &
         wait
         for d in flowers17 dtd; do  # the background blocks' sweeps, for the collection below
             SWEEPS+=("$STUDY_DIR/fg-$d-pools")
@@ -134,12 +151,14 @@ for part in $PARTS; do
     fashion)
         # one epoch over 54,000 images: the most expensive jobs of the study (~100 s each on 2 workers)
         sweep fashion-flatten experiment=study_fashion pool=flatten "pool.spatial_size=[7,7]" "seed=$SEEDS"
-        sweep fashion-10pct experiment=study_fashion pool=avg data.train_fraction=0.1 trainer.max_epochs=3 "seed=$SEEDS"
-        sweep fashion-10pct-flatten experiment=study_fashion pool=flatten "pool.spatial_size=[7,7]" \
-            data.train_fraction=0.1 trainer.max_epochs=3 "seed=$SEEDS"
+        fashion_overfit
         sweep fashion experiment=study_fashion pool=avg,max,gem,hybrid_scalar "seed=$SEEDS"
         ;;
-    *) say "unknown part '$part' (known: fg_cub fg_cub_arms fg fg_extra effnet synth synth_mix fashion)"; exit 2 ;;
+    fashion_overfit)  # the 10% sweeps of the fashion part alone
+        fashion_overfit
+        ;;
+    *) say "unknown part '$part' (known: fg_cub fg_cub_arms fg fg_extra effnet synth synth_mix fashion fashion_overfit)"
+       exit 2 ;;
     esac
 done
 say "study: $(( $(date +%s) - T0 )) s wall in all"

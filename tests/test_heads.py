@@ -16,6 +16,7 @@ from hybridpool.run import compose_config
 from hybridpool.run.heads import _Group, copy_config, group_key, group_problem, train_heads
 from hybridpool.run.resume import Placement
 from hybridpool.run.train import train
+from hybridpool.sweep.grouped import split_by_seed
 
 #: a tiny frozen-backbone run: cached features of a 2-stage CNN, post-BN + dropout head, best-by-val selection
 HEADS = [o for o in TINY if not o.startswith(("trainer.max_epochs", "callbacks", "logger", "data.batch_size"))] + [
@@ -63,6 +64,16 @@ def test_a_run_in_a_group_gives_the_metrics_of_the_run_alone(train_env: Path):
         assert len(lightning) == 3 and lightning == pytest.approx(grouped, rel=1e-5)
     # another seed of the same pool in the same group is another run, not a copy
     assert results[2]["train/loss"] != results[1]["train/loss"]
+
+
+def test_the_mixing_entropy_penalty_gives_the_same_run_alone_and_in_a_group(train_env: Path):
+    penalty = "+module.mix_entropy_weight=0.5"
+    alone = train(heads_cfg(train_env / "alone", "hybrid_channel", 2, penalty))
+    group = [heads_cfg(train_env / "g0", "avg", 2), heads_cfg(train_env / "g1", "hybrid_channel", 2, penalty)]
+    results = train_heads(group)
+    assert_same_metrics(alone, results[1])
+    plain = train_heads([heads_cfg(train_env / "plain", "hybrid_channel", 2)])[0]
+    assert plain["train/loss"] != pytest.approx(alone["train/loss"], rel=1e-4)  # the penalty is in the loss
 
 
 def test_each_run_of_a_group_writes_its_own_record_csv_and_wandb_run(train_env: Path):
@@ -161,11 +172,9 @@ def test_heads_launcher_groups_frozen_jobs_runs_the_others_alone_and_skips_on_re
 
 
 def test_runs_of_one_seed_gather_each_training_batch_once(train_env: Path, monkeypatch):
-    from hybridpool.data.features import CachedFeatureDataset
-
+    gather = _Group.gather
     calls = []
-    getitem = CachedFeatureDataset.__getitem__
-    monkeypatch.setattr(CachedFeatureDataset, "__getitem__", lambda self, i: calls.append(1) or getitem(self, i))
+    monkeypatch.setattr(_Group, "gather", lambda self, *a: calls.append(1) or gather(self, *a))
     fetch = _Group.fetch
     gathered = []
 
@@ -188,3 +197,73 @@ def test_runs_of_one_seed_gather_each_training_batch_once(train_env: Path, monke
 
     assert gathers((0, 0)) == steps  # one gather per step for both runs
     assert gathers((0, 1)) == 2 * steps  # different seeds, different batch orders (and synthetic images)
+
+
+def test_the_dense_float32_splits_give_the_batch_by_batch_metrics(train_env: Path, monkeypatch):
+    from hybridpool.data.features import CachedFeatureDataset
+    from hybridpool.run import heads
+
+    reads = []
+    getitem = CachedFeatureDataset.__getitem__
+    monkeypatch.setattr(CachedFeatureDataset, "__getitem__", lambda self, i: reads.append(len(i)) or getitem(self, i))
+    dense = train_heads([heads_cfg(train_env / "dense", "gem", 3)])[0]
+    assert len(reads) == 3 and sum(reads) > 64  # train, val and test: each read once, whole
+    monkeypatch.setattr(heads, "DENSE_SPLITS_BYTES", 0)  # nothing fits: batch by batch, as a lone run reads
+    reads.clear()
+    streamed = train_heads([heads_cfg(train_env / "streamed", "gem", 3)])[0]
+    assert len(reads) > 3 * 4 and max(reads) <= 16
+    assert_same_metrics(dense, streamed)
+
+
+def test_split_by_seed_keeps_a_seeds_runs_together_and_balances_the_workers():
+    items = [(pool, seed) for pool in ("avg", "gem", "attn") for seed in range(5)]
+    parts = split_by_seed(items, 2, lambda item: item[1])
+    assert sorted(len(p) for p in parts) == [6, 9]
+    for part in parts:  # no seed in two parts
+        assert not {s for _, s in part} & {s for other in parts if other is not part for _, s in other}
+    assert sorted(item for part in parts for item in part) == sorted(items)
+    one_seed = split_by_seed(items[::5], 2, lambda item: item[1])  # 3 runs of seed 0: dealt out
+    assert [len(p) for p in one_seed] == [2, 1]
+    assert split_by_seed(items, 1, lambda item: item[1]) == [items]
+
+
+def test_heads_launcher_on_two_worker_processes_gives_the_one_process_metrics(train_env: Path):
+    grid = ["-m", *HEADS, "pool=avg,gem", "seed=0,1", "trainer.max_epochs=2", "hydra/launcher=heads"]
+
+    def sweep(name: str, *extra: str):
+        done = run_cli(train_env, [*grid, f"hydra.sweep.dir={train_env / name}", *extra])
+        assert done.returncode == 0, tail(done)
+        return done, {(r["pool"]["spec"], r["seed"]): r for r in records(train_env / name).values()}
+
+    two, by_two = sweep("two", "hydra.launcher.n_jobs=2")
+    _, by_one = sweep("one")
+    assert len(by_two) == 4 and all(r["status"] == "completed" for r in by_two.values()), tail(two)
+    assert two.stdout.count("heads: 2 runs in one group") == 2  # one seed's two pools per worker
+    assert {r["timing"]["group_size"] for r in by_two.values()} == {2}
+    assert {r["timing"]["group_size"] for r in by_one.values()} == {4}
+    for key, rec in by_two.items():
+        assert_same_metrics(rec["metrics"], by_one[key]["metrics"])
+    again, _ = sweep("two", "hydra.launcher.n_jobs=2")
+    assert again.stdout.count("skipped: completed earlier") == 4, tail(again)
+    bad = run_cli(train_env, [*grid, "hydra.launcher.n_jobs=0", f"hydra.sweep.dir={train_env / 'bad'}"])
+    assert bad.returncode != 0 and "hydra.launcher.n_jobs must be >= 1, got 0" in bad.stdout + bad.stderr
+
+
+def test_a_job_placed_in_another_folder_writes_everything_there(train_env: Path):
+    # folder 0 already holds the avg run, so the gem job (also job 0) gets a folder of its own: its CSV, maps and
+    # checkpoints go there, and the avg run's files stay as they were
+    sweep = train_env / "sweep"
+    grid = ["-m", *HEADS, "seed=0", "trainer.max_epochs=2", "hydra/launcher=heads", f"hydra.sweep.dir={sweep}"]
+    first = run_cli(train_env, [*grid, "pool=avg"])
+    assert first.returncode == 0, tail(first)
+    avg_csv = (sweep / "0" / "csv" / "metrics.csv").read_text()
+    second = run_cli(train_env, [*grid, "pool=attn"])
+    assert second.returncode == 0, tail(second)
+    (attn_dir,) = [d for d in sweep.iterdir() if d.name.startswith("0-")]
+    rec = read_results(attn_dir)
+    assert rec["status"] == "completed" and rec["pool"]["spec"] == "attn"
+    assert rec["paths"]["metrics_csv"] == str(attn_dir / "csv" / "metrics.csv")
+    assert len(csv_column(attn_dir, "val/acc")) == 2
+    assert (attn_dir / "attention_maps" / "attention_maps.npz").is_file()
+    assert (sweep / "0" / "csv" / "metrics.csv").read_text() == avg_csv
+    assert not (sweep / "0" / "attention_maps").exists()

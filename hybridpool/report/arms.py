@@ -11,7 +11,8 @@
   accuracy minus 0.5 pp, no collapsed seed (95% half-width <= 1 pp)", is tested at the default arms
   (:func:`target_verdict`).
 - :func:`design_arms`: the scalar hybrid of Q1a at its defaults, with per-branch normalisation before mixing
-  (``hybrid(branch_norm=true)``, a pool spec of its own) and with ``pool.init=gap``, each against the best single
+  (``hybrid(branch_norm=true)``, a pool spec of its own), with ``pool.init=gap``, with an entropy penalty on the
+  mixing weights (``module.mix_entropy_weight``) and trained freeze-and-train, each against the best single
   pool chosen on validation (as in Q1a), with the Q1a non-inferiority verdict at Q1a's margin.
 
 Both return an object with a :class:`~.tables.Table` (a placeholder row where the records have no such runs, so the
@@ -78,6 +79,13 @@ DESIGN_ARMS: tuple[tuple[str, str, Sel], ...] = (
     ("Default", "defaults (the hybrid of Q1a)", S("hybrid")),
     ("BranchNorm", "per-branch normalisation before mixing", S("hybrid(branch_norm=true)")),
     ("GapInit", "mixing weights initialised at GAP", S("hybrid", {"pool.init": "gap"})),
+    ("EntropyLow", "an entropy penalty of 0.1 on the mixing weights", S("hybrid", {"module.mix_entropy_weight": 0.1})),
+    ("EntropyHigh", "an entropy penalty of 1 on the mixing weights", S("hybrid", {"module.mix_entropy_weight": 1.0})),
+    (
+        "FreezeTrain",
+        "initialised at GAP and trained freeze-and-train (GAP and the head first, then the mixing weights too)",
+        S("hybrid", {"pool.init": "gap", "module.pool_schedule": "freeze_and_train"}),
+    ),
 )
 NOT_RECORDED, DOT_HEAD = "not recorded", "dot, head's rate"
 MACRO_ROLES = {  # (pool, role) -> macro stem
@@ -579,7 +587,7 @@ def design_arms(study: Study, level: float = 0.95) -> Diagnosis:
         name="q1-design-arms",
         caption=caption,
         header=(["Dataset", *header] if several else header),
-        rows=rows or [["no runs of the hybrid's design arms (branch_norm, init=gap) in these records"] + [""] * 6],
+        rows=rows or [["no runs of the hybrid's design arms in these records"] + [""] * 6],
         align=("l" if several else "") + "lrrrrlr",
         label="tab:q1-design-arms",
         notes=[f"{n}." for n in notes],

@@ -147,7 +147,8 @@ class Run:
             node); the others from the W&B-style tags the training writes (``data:cub``...), else the config.
         config: the resolved run config. flat: ``config`` flattened to ``"a.b.c": value`` leaves.
         metrics: final metrics (floats): ``test/acc``, ``val/acc``, ``train/acc``, ``pool/gem/p``... plus the
-            derived ``gap/train-test`` (``train/acc - test/acc``; compare it with ``--metric gap/train-test``).
+            derived ``gap/train-test`` (``train_eval/acc - test/acc``, or ``train/acc - test/acc`` where a record
+            has no eval-mode training accuracy; compare it with ``--metric gap/train-test``).
         wall_time_s: the run's wall time. timing: its ``timing`` (``fit_s``, ``test_s``, ``setup_s``...).
         error: the error message of a failed run. commit: git commit.
         params: parameter counts if the record has them (``model.params``: ``{"total": ..., "pool": ...}``).
@@ -358,9 +359,12 @@ def _floats(d: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def _with_derived(metrics: dict[str, float]) -> dict[str, float]:
-    """Add metrics computed from recorded ones: ``gap/train-test = train/acc - test/acc`` (overfitting)."""
-    if "train/acc" in metrics and "test/acc" in metrics:
-        metrics["gap/train-test"] = metrics["train/acc"] - metrics["test/acc"]
+    """Add metrics computed from recorded ones: ``gap/train-test`` (overfitting), the tested model's accuracy on its
+    training images in eval mode (``train_eval/acc``, where recorded; else the running ``train/acc`` of the last
+    training epoch) minus ``test/acc``."""
+    train = metrics.get("train_eval/acc", metrics.get("train/acc"))
+    if train is not None and "test/acc" in metrics:
+        metrics["gap/train-test"] = train - metrics["test/acc"]
     return metrics
 
 

@@ -1,5 +1,5 @@
 """Lightning callbacks of hybridpool: attention maps of the trained pool over validation images, a one-line summary,
-the time left of a long run."""
+the time left of a long run, the accuracy on the training images in eval mode."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ from pytorch_lightning.callbacks import ModelSummary
 from hybridpool.data.progress import eta_text
 from hybridpool.run.console import say
 
-__all__ = ["AttentionMaps", "ParameterSummary", "TimeLeft", "render_attention_panels", "save_attention_arrays"]
+__all__ = [
+    "AttentionMaps",
+    "ParameterSummary",
+    "TimeLeft",
+    "TrainSetAccuracy",
+    "render_attention_panels",
+    "save_attention_arrays",
+]
 
 
 def _count(n: int) -> str:
@@ -309,3 +316,52 @@ class TimeLeft(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._active and (not self.lines or self.clock.monotonic() - self._last >= self.epoch_every_s):
             self._report(trainer, trainer.current_epoch + 1, self._epoch_name(trainer))
+
+
+class TrainSetAccuracy(pl.Callback):
+    """The tested model's accuracy on its training images, in eval mode and without augmentation: ``train_eval/acc``.
+
+    ``train/acc`` is the running accuracy of the last training epoch (train mode: dropout and augmentation on, the
+    weights still moving). For a train-test gap that measures overfitting, this callback classifies the training
+    split again after the test pass, with the weights the test used (the best validation epoch under
+    ``ckpt_path="best"``), the model in eval mode and the split read through the eval transform
+    (``datamodule.eval_dataset("train")``). It logs ``train_eval/acc`` next to the test metrics (so it lands in the
+    run's record and W&B summary).
+
+    Args:
+        max_images: at most this many training images, evenly spaced over the split (``None``: all of them).
+    """
+
+    def __init__(self, max_images: int | None = None) -> None:
+        super().__init__()
+        if max_images is not None and int(max_images) < 1:
+            raise ValueError(f"max_images must be >= 1 or None, got {max_images}")
+        self.max_images = None if max_images is None else int(max_images)
+        self.value: float | None = None  # the last accuracy measured
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from torch.utils.data import DataLoader, Subset
+
+        dm = trainer.datamodule
+        make = getattr(dm, "eval_dataset", None)
+        if make is None:
+            raise ValueError(
+                f"TrainSetAccuracy needs a datamodule with eval_dataset('train') (the training images through the "
+                f"eval transform); {type(dm).__name__} has none"
+            )
+        dataset = make("train")
+        if self.max_images is not None and len(dataset) > self.max_images:
+            keep = np.linspace(0, len(dataset) - 1, self.max_images).round().astype(int)
+            dataset = Subset(dataset, keep.tolist())
+        loader = DataLoader(dataset, batch_size=int(getattr(dm, "batch_size", 128)), shuffle=False)
+        was_training = pl_module.training
+        pl_module.eval()
+        correct = seen = 0
+        with torch.no_grad():
+            for x, y in loader:
+                logits = pl_module(x.to(pl_module.device))
+                correct += int((logits.argmax(1).cpu() == y).sum())
+                seen += int(y.shape[0])
+        pl_module.train(was_training)
+        self.value = correct / max(seen, 1)
+        pl_module.log("train_eval/acc", self.value, on_step=False, on_epoch=True, batch_size=seen)

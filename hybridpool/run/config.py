@@ -247,6 +247,16 @@ def _check_study_switches(container: Mapping[str, Any], problems: list[str]) -> 
                 problems.append(f"module.switch_epoch: {err}")
     elif switch is not None:
         problems.append(f"module.switch_epoch: {switch!r} is only used with module.pool_schedule=freeze_and_train")
+    entropy_weight = module.get("mix_entropy_weight") or 0
+    weighted = pool_cls is None or (
+        issubclass(pool_cls, HybridPool) and pool_args.get("mixing", "scalar") in WEIGHTED_MIXING
+    )
+    if entropy_weight and not weighted:
+        problems.append(
+            f"module.mix_entropy_weight: {entropy_weight} penalises a HybridPool's mixing weights; the pool "
+            f"{pool.get('spec') or pool.get('_target_')} has none (use pool=hybrid_scalar, hybrid_channel or "
+            "hybrid_gate, or module.mix_entropy_weight=0)"
+        )
     try:
         robust = check_robustness(module.get("robustness"))
     except ValueError as err:

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -42,6 +43,10 @@ from hybridpool.run.resume import Placement
 from hybridpool.run.wandb import WandbSession
 
 __all__ = ["HEADS_CKPT_FORMAT", "copy_config", "group_key", "group_problem", "train_heads"]
+
+#: the group holds its cached splits as float32 tensors while they take at most this many bytes in all (a batch is
+#: then a slice or an index_select, no float16 conversion); splits beyond it are read batch by batch as in a lone run
+DENSE_SPLITS_BYTES = 4 << 30
 
 #: marks a ``checkpoints/last.ckpt`` written by this engine (pool + head only, not a Lightning checkpoint)
 HEADS_CKPT_FORMAT = "hybridpool-heads-1"
@@ -202,6 +207,8 @@ class _Group:
         self.runs = runs
         self.shared: dict[str, tuple[Any, dict[str, Any]]] = {}  # data identity -> (backbone, datasets by split)
         self.step_batches: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # this step's gathered batches
+        self.dense_splits: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}  # see dense()
+        self.dense_bytes = 0
 
     @property
     def alive(self) -> list[_Run]:
@@ -280,14 +287,43 @@ class _Group:
         say(f"resuming {run.out_dir} at epoch {run.epoch} from {run.placement.ckpt}")
 
     # ------------------------------------------------------------------ one epoch
+    def dense(self, dataset: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A cached split as float32 tensors on ``device``, ``x (N, C, H', W')`` and ``y (N,)``, made once for the
+        group while the splits held so fit in :data:`DENSE_SPLITS_BYTES`; ``None`` for other datasets."""
+        from hybridpool.data.features import CachedFeatureDataset
+
+        key = (id(dataset), device)
+        if key not in self.dense_splits:
+            fits = isinstance(dataset, CachedFeatureDataset) and len(dataset) > 0
+            nbytes = dataset.features[:1].size * 4 * len(dataset) if fits else 0
+            if fits and self.dense_bytes + nbytes <= DENSE_SPLITS_BYTES:
+                x, y = dataset[np.arange(len(dataset))]
+                self.dense_splits[key] = (x.to(device), y.to(device))
+                self.dense_bytes += nbytes
+            else:
+                self.dense_splits[key] = None
+        return self.dense_splits[key]
+
+    def gather(self, dataset: Any, index: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch ``index`` of ``dataset`` on ``device``: ``dataset[index]``, read from the dense copy when there
+        is one (a slice, not a copy, for consecutive indices)."""
+        dense = self.dense(dataset, device)
+        if dense is None:
+            x, y = dataset[index]
+            return x.to(device), y.to(device)
+        first, n = int(index[0]), len(index)
+        if list(index) == list(range(first, first + n)):
+            return dense[0][first : first + n], dense[1][first : first + n]
+        rows = torch.as_tensor(list(index), dtype=torch.long, device=device)
+        return dense[0].index_select(0, rows), dense[1].index_select(0, rows)
+
     def fetch(self, run: _Run, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The training batch ``index`` of ``run``'s cached split, gathered once per step for every run that
         draws the same indices (runs of one seed share their batch order)."""
         dataset = run.built.fit_datamodule.datasets["train"]
         key = (id(dataset), run.built.device, tuple(int(i) for i in index))
         if key not in self.step_batches:
-            x, y = dataset[index]
-            self.step_batches[key] = (x.to(run.built.device), y.to(run.built.device))
+            self.step_batches[key] = self.gather(dataset, index, run.built.device)
         return self.step_batches[key]
 
     def begin_epoch(self, run: _Run) -> None:
@@ -310,8 +346,7 @@ class _Group:
                 return False
             x, y = self.fetch(run, index)
             module = run.module
-            logits = module(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=module.label_smoothing)
+            loss, logits = module.training_loss(x, y)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
@@ -347,11 +382,12 @@ class _Group:
         metrics = module.val_metrics if split == "val" else module.test_metrics
         metrics.reset()
         loader = getattr(run.built.fit_datamodule, f"{split}_dataloader")()
-        run.swap_in()  # opening a loader draws its base seed from the global generator
+        run.swap_in()
         loss_sum, n, mixes, entropies = 0.0, 0, [], []
         try:
-            for batch in loader:
-                x, y = (t.to(run.built.device) for t in batch)
+            iter(loader)  # opening a loader draws its base seed from the global generator, as Lightning's loop does
+            for index in loader.sampler:  # the loader's index batches (in order: evaluation does not shuffle)
+                x, y = self.gather(loader.dataset, index, run.built.device)
                 logits, extras = run.model.forward_head(x, return_extras=True)
                 loss_sum += float(F.cross_entropy(logits, y)) * int(y.shape[0])
                 n += int(y.shape[0])

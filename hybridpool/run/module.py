@@ -67,6 +67,7 @@ __all__ = [
     "check_freeze_and_train_pool",
     "check_robustness",
     "lr_lambda",
+    "mixing_entropy",
     "mixing_parameters",
     "mixing_statistics",
     "resolve_switch_epoch",
@@ -86,6 +87,7 @@ _RULES = {
     "pool_lr_mult": _NON_NEGATIVE,
     "pool_weight_decay": _NON_NEGATIVE,
     "label_smoothing": functools.partial(number, low=0, high=1, high_open=True),
+    "mix_entropy_weight": _NON_NEGATIVE,
     "log_pool_every_n_steps": _NON_NEGATIVE,
 }
 
@@ -159,6 +161,25 @@ def mixing_statistics(
     return out
 
 
+def mixing_entropy(mix: torch.Tensor) -> torch.Tensor:
+    """Mean normalised entropy (0: one branch, 1: uniform) of mixing weights, differentiable.
+
+    Args:
+        mix: ``(B, n_branches)`` (scalar or gate mixing) or ``(B, n_branches, C)`` (channel mixing) weights that sum
+            to 1 over the branch dimension (``extras["mix"]`` of :class:`~hybridpool.pooling.HybridPool`).
+
+    Returns:
+        a scalar tensor in ``[0, 1]``: ``-sum_i w_i log w_i / log(n_branches)``, averaged over samples (and channels).
+    """
+    if mix.ndim not in (2, 3):
+        raise ValueError(f"mix must be (B, n_branches) or (B, n_branches, C), got shape {tuple(mix.shape)}")
+    n = mix.shape[1]
+    if n < 2:
+        return mix.new_zeros(())
+    w = mix if mix.dtype == torch.float64 else mix.float()
+    return (-(w * w.clamp_min(1e-12).log()).sum(1) / math.log(n)).mean()
+
+
 def attention_entropy(attn: torch.Tensor) -> float:
     """Mean normalised entropy (0: one location, 1: uniform) of attention maps ``attn: (B, heads, H, W)``."""
     a = attn.detach().float().flatten(2)
@@ -207,6 +228,10 @@ class ClassificationModule(pl.LightningModule):
             ``"pool"`` (``pool_lr_mult``, ``pool_weight_decay``: the old rule, under which attention saturates;
             :meth:`~hybridpool.models.Classifier.parameter_groups`).
         label_smoothing: cross-entropy label smoothing in ``[0, 1)``.
+        mix_entropy_weight: weight of an entropy penalty on a HybridPool's mixing weights, added to the training
+            loss: ``mix_entropy_weight * mixing_entropy(w)`` (0: uniform weights cost the most, one branch costs
+            nothing), which pushes the mixing towards choosing one branch; 0 (default): off. Needs weighted mixing
+            (``scalar``, ``channel`` or ``gate``). See :meth:`training_loss`.
         log_pool_every_n_steps: how often the pool's ``stats()`` are logged during training steps (0: never);
             they are also logged at the end of every training epoch.
         from_features: batches hold cached feature maps ``(B, C, H', W')`` instead of images.
@@ -244,6 +269,7 @@ class ClassificationModule(pl.LightningModule):
         pool_weight_decay: float = 0.0,
         pool_weights: str = "head",
         label_smoothing: float = 0.0,
+        mix_entropy_weight: float = 0.0,
         log_pool_every_n_steps: int = 50,
         from_features: bool = False,
         pool_schedule: str = "joint",
@@ -263,6 +289,7 @@ class ClassificationModule(pl.LightningModule):
                 pool_lr_mult=pool_lr_mult,
                 pool_weight_decay=pool_weight_decay,
                 label_smoothing=label_smoothing,
+                mix_entropy_weight=mix_entropy_weight,
                 log_pool_every_n_steps=log_pool_every_n_steps,
             )
         )
@@ -305,6 +332,14 @@ class ClassificationModule(pl.LightningModule):
             raise ValueError(f"pool_weights must be 'head' or 'pool', got {pool_weights!r}")
         self.pool_weights = pool_weights
         self.label_smoothing = float(label_smoothing)
+        if mix_entropy_weight and getattr(model.pool, "mixing", None) not in WEIGHTED_MIXING:
+            raise ValueError(
+                f"mix_entropy_weight={mix_entropy_weight} penalises a HybridPool's mixing weights, but the pool "
+                f"{type(model.pool).__name__}"
+                + (f" (mixing={model.pool.mixing!r})" if hasattr(model.pool, "mixing") else "")
+                + " has none; use a hybrid with mixing scalar, channel or gate, or set module.mix_entropy_weight=0"
+            )
+        self.mix_entropy_weight = float(mix_entropy_weight)
         self.log_pool_every_n_steps = int(log_pool_every_n_steps)
         self.from_features = bool(from_features)
         self.pool_schedule = pool_schedule
@@ -364,10 +399,23 @@ class ClassificationModule(pl.LightningModule):
         return self.model.forward_head(self._features(x), return_extras=True)
 
     # ------------------------------------------------------------------ steps
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training objective of one batch: ``(loss, logits (B, classes))``.
+
+        Cross-entropy with ``label_smoothing``, plus ``mix_entropy_weight`` times the mean normalised entropy of
+        the HybridPool's mixing weights on this batch (:func:`mixing_entropy`). Both training engines use it (this
+        module's ``training_step`` and :mod:`hybridpool.run.heads`).
+        """
+        if not self.mix_entropy_weight:
+            logits = self(x)
+            return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits
+        logits, extras = self._forward_extras(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        return loss + self.mix_entropy_weight * mixing_entropy(extras["mix"]), logits
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        loss, logits = self.training_loss(x, y)
         self.train_acc(logits.detach(), y)
         bs = y.shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)

@@ -168,3 +168,10 @@ def test_fixture_generator_reproduces_the_committed_fixture(tmp_path):
             assert committed.read_bytes() == f.read_bytes(), f"{committed} differs from make_fixtures.py's output"
     record = json.loads((RUNS / "sweep_synth" / "0" / "results.json").read_text())
     assert record["fixture"] and record["schema"] == 1
+
+
+def test_the_train_test_gap_uses_the_eval_mode_training_accuracy_where_recorded(tmp_path):
+    write_record(tmp_path / "eval", seed=0, metrics={"test/acc": 0.5, "train/acc": 0.7, "train_eval/acc": 0.9})
+    write_record(tmp_path / "running", seed=1, metrics={"test/acc": 0.5, "train/acc": 0.7})
+    gaps = {run.seed: run.metrics["gap/train-test"] for run in load_runs([tmp_path])}
+    assert gaps[0] == pytest.approx(0.4) and gaps[1] == pytest.approx(0.2)
