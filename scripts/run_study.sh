@@ -4,6 +4,8 @@
 #   scripts/run_study.sh                    # all parts; the wall time of the committed run: paper/results/README.md
 #   STUDY_PARTS="fg_cub fg" scripts/run_study.sh    # some parts: fg_cub fg_cub_arms fg fg_extra effnet synth
 #                                                   # synth_mix fashion (fashion_overfit: its 10% sweeps alone)
+#                                                   # fg_cub_extra (fg_extra's arms on CUB), finetune (not in
+#                                                   # the default list: it trains the backbone)
 #   STUDY_DIR=/tmp/study STUDY_WORKERS=2 scripts/run_study.sh
 #
 # The frozen-backbone parts (fg*, effnet) train many heads per pass (hydra/launcher=heads: one process per sweep
@@ -21,6 +23,7 @@ PY="${PYTHON:-.venv/bin/python}"
 STUDY_DIR="${STUDY_DIR:-outputs/study}"
 WORKERS="${STUDY_WORKERS:-2}"
 PARTS="${STUDY_PARTS:-fg_cub fg_cub_arms fg fg_extra effnet synth synth_mix fashion}"
+KNOWN_PARTS="fg_cub fg_cub_arms fg fg_extra fg_cub_extra effnet synth synth_mix fashion fashion_overfit finetune"
 # seeds of every cell; the finished jobs of an earlier run with fewer seeds are skipped
 SEEDS="${STUDY_SEEDS:-0,1,2,3,4,5,6,7,8,9}"
 # data splits of Flowers-17 and DTD (stratified, seeded; CUB has its official train/test split)
@@ -132,6 +135,9 @@ for part in $PARTS; do
     fg_extra)
         fg_extra fg flowers17,dtd "$SEEDS" "data.split_seed=$SPLITS"
         ;;
+    fg_cub_extra)  # the same arms on CUB (8 epochs, its official split)
+        fg_extra fg-cub cub "$SEEDS" trainer.max_epochs=8
+        ;;
     effnet)
         warm experiment=study_fg model=efficientnet_lite0 data=flowers17
         heads effnet experiment=study_fg model=efficientnet_lite0 data=flowers17 \
@@ -154,11 +160,15 @@ for part in $PARTS; do
         fashion_overfit
         sweep fashion experiment=study_fashion pool=avg,max,gem,hybrid_scalar "seed=$SEEDS"
         ;;
+    finetune)
+        # MobileNetV2 fine-tuned end to end at 160 px on Flowers-17: the frozen-feature ranking, with a trained
+        # backbone (one Lightning job each; 5 seeds)
+        sweep finetune-flowers17 experiment=study_finetune pool=avg,max,gem,hybrid_scalar seed=0,1,2,3,4
+        ;;
     fashion_overfit)  # the 10% sweeps of the fashion part alone
         fashion_overfit
         ;;
-    *) say "unknown part '$part' (known: fg_cub fg_cub_arms fg fg_extra effnet synth synth_mix fashion fashion_overfit)"
-       exit 2 ;;
+    *) say "unknown part '$part' (known: $KNOWN_PARTS)"; exit 2 ;;
     esac
 done
 say "study: $(( $(date +%s) - T0 )) s wall in all"
