@@ -87,6 +87,9 @@ IGNORED_KEYS = {
 #: how a run's test metrics were selected -> words
 SELECTION_NAMES = {"best": "best validation epoch", "last": "last epoch"}
 MISSING = "-"
+#: settings that a config without them ran at their default: switches added with a ``+`` override (``conf/`` does not
+#: set them, so a default run's config lacks the key), unlike keys whose absence marks an older rule
+ABSENT_MEANS_DEFAULT: dict[str, Any] = {"module.mix_entropy_weight": 0.0}
 #: the ``pool:`` tags of records written before the ``pool`` field (conf/pool/ file names) -> canonical pool specs
 LEGACY_POOL_NAMES = {
     "hybrid_scalar": "hybrid",
@@ -191,8 +194,9 @@ class Run:
 
     @property
     def flat(self) -> dict[str, Any]:
+        """``config`` flattened, with :data:`ABSENT_MEANS_DEFAULT` filled in where the config lacks them."""
         if self._flat is None:
-            self._flat = flatten_config(self.config)
+            self._flat = {**ABSENT_MEANS_DEFAULT, **flatten_config(self.config)}
         return self._flat
 
     @property

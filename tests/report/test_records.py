@@ -175,3 +175,18 @@ def test_the_train_test_gap_uses_the_eval_mode_training_accuracy_where_recorded(
     write_record(tmp_path / "running", seed=1, metrics={"test/acc": 0.5, "train/acc": 0.7})
     gaps = {run.seed: run.metrics["gap/train-test"] for run in load_runs([tmp_path])}
     assert gaps[0] == pytest.approx(0.4) and gaps[1] == pytest.approx(0.2)
+
+
+def test_a_switch_the_config_lacks_counts_as_its_default_not_as_an_older_rule(tmp_path):
+    from hybridpool.report.claims import S, cell_label
+
+    for seed in (0, 1):
+        write_record(tmp_path / f"h{seed}", seed=seed, pool="hybrid")
+        rec = write_record(tmp_path / f"e{seed}", seed=seed, pool="hybrid")
+        data = json.loads(rec.read_text())
+        data["config"]["module"] = {"mix_entropy_weight": 0.1}
+        rec.write_text(json.dumps(data))
+    cells = sorted(group_runs(load_runs([tmp_path])).cells, key=lambda c: c.arms["module.mix_entropy_weight"])
+    assert [c.arms["module.mix_entropy_weight"] for c in cells] == [0.0, 0.1]
+    assert [cell_label(c) for c in cells] == ["Hybrid (scalar)", "Hybrid (scalar) [mix_entropy_weight=0.1]"]
+    assert S("hybrid").find(cells)[0] is cells[0]
