@@ -78,10 +78,7 @@ def _planner(pending: list[_Pending], index: list[int]) -> Any:
         if plan.action == "skip":
             say(f"job {job.num} skipped: {plan.reason}")
             return earlier_metric(plan, cfg.get("optimized_metric"))
-        placed = cfg.copy()  # the run's folder before resolving: every path under it follows (checkpoints, CSV, maps)
-        with open_dict(placed):
-            placed.paths.output_dir = str(plan.run_dir)
-        pending.append(_Pending(index[0], copy_config(placed), job, plan))
+        pending.append(_Pending(index[0], copy_config(cfg), job, plan))
         return _Deferred()
 
     return task

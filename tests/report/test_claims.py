@@ -14,7 +14,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from report_helpers import write_record
+from report_helpers import load_study_generator, write_record
 
 from hybridpool.report.claims import CLAIMS, Best, Claim, Contrast, S, Trend, cell_label
 from hybridpool.report.cli import main
@@ -33,14 +33,7 @@ from hybridpool.report.verdicts import (
 AVG = [0.80, 0.81, 0.82, 0.83, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89]
 UP = [0.02, 0.025, 0.015, 0.02, 0.03, 0.018, 0.022, 0.027, 0.012, 0.031]  # max - avg per seed: the claim holds
 T_975_9 = 2.2621571627409915  # the 0.975 quantile of Student's t with 9 degrees of freedom
-
-
-def _set(config: dict, key: str, value) -> None:
-    *path, last = key.split(".")
-    node = config
-    for p in path:
-        node = node.setdefault(p, {})
-    node[last] = value
+set_key = load_study_generator().set_key
 
 
 def record(
@@ -60,11 +53,11 @@ def record(
 ) -> dict:
     """A results.json record (as :mod:`hybridpool.records` writes it) with the arm values ``arms``."""
     config = {"seed": seed, "task_name": task, "pool": {"_target_": f"hybridpool.pooling.{pool}"}}
-    _set(config, "model.post_bn", True)
+    set_key(config, "model.post_bn", True)
     if split is not None:
-        _set(config, "data.split_seed", split)
+        set_key(config, "data.split_seed", split)
     for k, v in (arms or {}).items():
-        _set(config, k, v)
+        set_key(config, k, v)
     m = {"test/acc": acc, **(metrics or {})}
     if val is not None:
         m["val/acc"] = val - 0.01
